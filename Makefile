@@ -1,0 +1,38 @@
+# Two entry points (see README): `make run` (the full pipeline) and `make test`.
+# Both set up first; set-up is idempotent: it reuses .venv and reinstalls only when
+# pyproject.toml or constraints.txt changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test lint dataset
+
+setup: $(STAMP) dataset
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	@touch $@
+
+# The embedded default dataset: Debian's package, where apt is usable (root, or sudo).
+dataset:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else exit 0; fi; \
+		echo "installing dataset-fashion-mnist"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+			|| echo "warning: could not install dataset-fashion-mnist; set data.root in params.yaml"; \
+	fi
+
+run: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

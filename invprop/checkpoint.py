@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes, safe loads, and rebuilding the encoder they hold.
+
+A checkpoint is a plain dict of tensors and primitives, loaded with
+`torch.load(weights_only=True)`, so a file can never run code. Keys:
+
+    version       int, CHECKPOINT_VERSION
+    epoch         int, epochs completed (0 = before training)
+    params_hash   str, training_hash(config) of the run that wrote it
+    config        dict, the full resolved config of that run
+    model         Encoder state_dict
+    bank          MemoryBank state_dict (vectors [n, d], neighbours [n, k])
+    optimizer     optimizer state_dict
+    rng           dict of RNG states (torch CPU, CUDA when present)
+    history       list of per-epoch metric dicts (what dvclive logged)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from invprop.config import Config, config_from_dict
+from invprop.errors import InvpropError
+from invprop.io import atomic_file, ensure_free_space
+
+if TYPE_CHECKING:
+    from invprop.models import Encoder
+
+CHECKPOINT_VERSION = 1
+
+# Pretrain keys that do not change what training computes: editing them keeps a run.
+BOOKKEEPING_KEYS = ("snapshot_epochs", "device", "threads", "num_workers", "monitor_knn", "compile")
+
+
+def training_hash(cfg: Config) -> str:
+    """Hash of every param that changes what pretraining computes (a resume needs a match)."""
+    full = cfg.to_dict()
+    pretrain = {k: v for k, v in full["pretrain"].items() if k not in BOOKKEEPING_KEYS}
+    payload = {k: full[k] for k in ("seed", "data", "model", "augment")} | {"pretrain": pretrain}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` atomically: temp file, fsync, rename; the old file stays until then."""
+    path = Path(path)
+    estimate = sum(t.numel() * t.element_size() for t in _tensors(state))
+    ensure_free_space(path.parent, estimate, f"checkpoint {path.name}")
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely, with clear errors for missing, truncated or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvpropError(f"checkpoint not found: {path}; run the pretrain stage first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InvpropError(
+            f"checkpoint {path} holds pickled objects other than tensors and plain containers; "
+            "refusing to load it (no code runs from a file). Re-create it with invprop"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise InvpropError(
+            f"checkpoint {path} is truncated or corrupt ({exc.__class__.__name__}); "
+            "delete it and rerun pretraining (or restore it with `dvc checkout`)"
+        ) from exc
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise InvpropError(
+            f"{path} is not an invprop checkpoint (version {CHECKPOINT_VERSION}); "
+            "pass a file written by the pretrain stage"
+        )
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> Config:
+    """The validated config of the run that wrote `state`."""
+    return config_from_dict(state["config"])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, to tie derived artifacts to the checkpoint they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_encoder(cfg: Config) -> Encoder:
+    """The encoder `cfg` describes, initialised deterministically from `cfg.seed`.
+
+    Pretraining starts from exactly this network, so it doubles as the random-init baseline.
+    """
+    from invprop.models import Encoder
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)
+    try:
+        return Encoder(cfg.model.backbone, cfg.data.channels, cfg.model.head, cfg.model.dim)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def encoder_from_checkpoint(
+    source: str | Path | dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[Encoder, Config, dict[str, Any]]:
+    """Rebuild the trained encoder of a checkpoint (a path or a loaded state), in eval mode."""
+    state = source if isinstance(source, dict) else load_checkpoint(source)
+    cfg = checkpoint_config(state)
+    encoder = build_encoder(cfg)
+    encoder.load_state_dict(state["model"])
+    return encoder.to(device).eval(), cfg, state

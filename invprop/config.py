@@ -1,0 +1,552 @@
+"""One typed, validated configuration built from `params.yaml`, presets and overrides.
+
+`params.yaml` is the single source of truth that DVC and Snakemake track. `load_config`
+reads it, applies `key.sub=value` overrides and returns a frozen `Config`; every value is
+checked (type, range, choices, cross-field rules) before any work starts, and errors name
+the key, the value and what is allowed. Defaults live here and only here.
+
+This module imports no torch, so the CLI answers `--help` fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from invprop.errors import InvpropError
+
+DATASET_NAMES = (
+    "fashion_mnist",
+    "digits",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "stl10",
+    "imagefolder",
+    "synthetic",
+)
+
+
+def max_positives(k: int, hops: int) -> int:
+    """The largest possible propagated positive set: k + k^2 + ... + k^hops."""
+    return sum(k**hop for hop in range(1, hops + 1))
+
+
+def _f(default: Any, **checks: Any) -> Any:
+    """A dataclass field with range checks: ge, gt, le, lt (applied to numbers and list items)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=checks)
+    return field(default=default, metadata=checks)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to prepare and train on, and at what input size."""
+
+    name: str = "fashion_mnist"
+    # None: the dataset's default location (the Debian package folder for fashion_mnist).
+    root: str | None = None
+    # Only when asked: torchvision's download, for machines that are online.
+    download: bool = False
+    image_size: int = _f(28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+    # Seeded class-stratified subsets for quick runs; None keeps everything.
+    train_limit: int | None = _f(None, ge=1)
+    test_limit: int | None = _f(None, ge=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["small_cnn", "resnet18_cifar", "resnet50"] = "small_cnn"
+    head: Literal["linear", "mlp"] = "mlp"
+    dim: int = _f(128, ge=2, le=4096)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-sample random augmentation, applied batched on the data's device."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = _f(0.5, ge=0, le=1)
+    jitter_p: float = _f(0.8, ge=0, le=1)
+    brightness: float = _f(0.4, ge=0)
+    contrast: float = _f(0.4, ge=0)
+    saturation: float = _f(0.4, ge=0)
+    hue: float = _f(0.1, ge=0, le=0.5)
+    grayscale_p: float = _f(0.2, ge=0, le=1)
+    blur_p: float = _f(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = _f(4, ge=1)
+    batch_size: int = _f(128, ge=2)
+    lr: float = _f(0.03, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = _f(0, ge=0)
+    temperature: float = _f(0.2, gt=0)
+    bank_momentum: float = _f(0.5, ge=0, lt=1)
+    bank_init: Literal["random", "forward"] = "forward"
+    invp: bool = True
+    knn_k: int = _f(4, ge=1)
+    hops: int = _f(3, ge=1)
+    n_pos: int = _f(20, ge=1)
+    n_background: int = _f(4096, ge=1)
+    positives: Literal["hard", "easy"] = "hard"
+    propagation: Literal["exact", "concat"] = "exact"
+    background: Literal["code", "paper"] = "paper"
+    lambda_inv: float = _f(0.6, ge=0)
+    ramp_epoch: int = _f(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    snapshot_epochs: list[int] = _f([], ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = _f(None, ge=1)
+    num_workers: int = _f(0, ge=0)
+    monitor_knn: bool = True
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = _f(512, ge=1)
+    # "final" and/or "epoch_NNNN" for snapshots listed in pretrain.snapshot_epochs.
+    tags: list[str] = _f(["final"])
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    k: int = _f(20, ge=1)
+    backend: Literal["auto", "faiss", "torch"] = "auto"
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    ivf_nlist: int = _f(1024, ge=1)
+    ivf_nprobe: int = _f(16, ge=1)
+    hnsw_m: int = _f(32, ge=2)
+    recall_queries: int = _f(1000, ge=1)
+
+
+@dataclass(frozen=True)
+class PropagateConfig:
+    k: int = _f(4, ge=1)
+    hops: int = _f(3, ge=1)
+    n_pos: int = _f(20, ge=1)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    protocol: Literal["lbfgs", "sgd_augmented"] = "lbfgs"
+    # Inverse-regularisation grid searched on a held-out part of the train split.
+    c_grid: list[float] = _f([0.01, 0.1, 1.0], gt=0)
+    val_fraction: float = _f(0.1, gt=0, lt=1)
+    max_iter: int = _f(200, ge=1)
+    # Only for protocol sgd_augmented (the authors' linear evaluation).
+    epochs: int = _f(100, ge=1)
+    lr: float = _f(30.0, gt=0)
+    batch_size: int = _f(256, ge=1)
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    pixels: bool = True
+    random_init: bool = True
+    instance_discrimination: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    knn_k: list[int] = _f([200, 20, 1], ge=1)
+    knn_temperature: float = _f(0.07, gt=0)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = _f(5, ge=1)
+    lr: float = _f(0.05, gt=0)
+    batch_size: int = _f(128, ge=1)
+    weight_decay: float = _f(5e-4, ge=0)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    targets: list[str] = _f(["digits"])
+    # Where each target's raw files live, by dataset name (None: the dataset's default).
+    roots: dict[str, str] = _f({})
+    semi_fractions: list[float] = _f([0.01, 0.1], gt=0, le=1)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    anchors: int = _f(4, ge=1)
+    map_points: int = _f(2000, ge=10)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = _f(0, ge=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    propagate: PropagateConfig = field(default_factory=PropagateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), as it would appear in params.yaml."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def section_hash(self, *sections: str) -> str:
+        """A short stable hash of the named sections, to tell whether an artifact is stale."""
+        full = self.to_dict()
+        payload = json.dumps({name: full[name] for name in sections}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def prepared_datasets(self) -> list[str]:
+        """The datasets the prepare stage must produce: the main one, then transfer targets."""
+        return list(dict.fromkeys([self.data.name, *self.transfer.targets]))
+
+    def dataset_root(self, name: str) -> str | None:
+        """Where the raw files of dataset `name` live (None: its default location)."""
+        return self.data.root if name == self.data.name else self.transfer.roots.get(name)
+
+
+# ---------------------------------------------------------------------------------------
+# Building and validating
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    if origin is dict:
+        return "a mapping of names to strings"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def _check_range(key: str, value: Any, checks: dict[str, Any]) -> None:
+    items = value if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if item is None or not isinstance(item, int | float):
+            continue
+        for op, bound in checks.items():
+            ok = {
+                "ge": item >= bound,
+                "gt": item > bound,
+                "le": item <= bound,
+                "lt": item < bound,
+            }[op]
+            if not ok:
+                symbol = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
+                raise InvpropError(
+                    f"params: {key} = {value!r} is out of range: must be {symbol} {bound}"
+                )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Return `value` as type `tp`, or raise an error naming the key and what is allowed."""
+    origin = typing.get_origin(tp)
+    bad = InvpropError(f"params: {key} = {value!r} is invalid: expected {_describe(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise bad
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, arg, value)
+            except InvpropError:
+                pass
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad
+        return tuple(
+            _coerce(f"{key}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise bad
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads 5e-4 as a string; accept what people write.
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise InvpropError(
+            f"params: unknown key {where}{unknown[0]}; allowed keys here: "
+            + ", ".join(f"{where}{name}" for name in fields)
+        )
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        coerced = _coerce(key, hints[name], value)
+        _check_range(key, coerced, dict(fields[name].metadata))
+        values[name] = coerced
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> None:
+    """Rules that span several keys."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise InvpropError(f"params: {message}")
+
+    p = cfg.pretrain
+    need(
+        cfg.data.name in DATASET_NAMES,
+        f"data.name = {cfg.data.name!r} is not a known dataset; one of {', '.join(DATASET_NAMES)}",
+    )
+    for target in cfg.transfer.targets:
+        need(
+            target in DATASET_NAMES,
+            f"transfer.targets has unknown dataset {target!r}; one of {', '.join(DATASET_NAMES)}",
+        )
+    need(
+        cfg.data.name not in cfg.transfer.targets,
+        f"transfer.targets contains the pretraining dataset {cfg.data.name!r}; remove it "
+        "(semi-supervised fine-tuning on it is transfer.semi_fractions)",
+    )
+    need(
+        len(set(cfg.transfer.targets)) == len(cfg.transfer.targets),
+        "transfer.targets has duplicates",
+    )
+    for name, (low, high) in {
+        "augment.crop_scale": cfg.augment.crop_scale,
+        "augment.crop_ratio": cfg.augment.crop_ratio,
+        "augment.blur_sigma": cfg.augment.blur_sigma,
+    }.items():
+        need(0 < low <= high, f"{name} = [{low}, {high}] must satisfy 0 < low <= high")
+    need(cfg.augment.crop_scale[1] <= 1, "augment.crop_scale upper bound must be <= 1")
+    largest = max_positives(p.knn_k, p.hops)
+    need(
+        p.n_pos <= largest,
+        f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set "
+        f"k + k^2 + ... + k^hops = {largest} (knn_k={p.knn_k}, hops={p.hops}); "
+        "lower pretrain.n_pos or raise pretrain.knn_k / pretrain.hops",
+    )
+    largest = max_positives(cfg.propagate.k, cfg.propagate.hops)
+    need(
+        cfg.propagate.n_pos <= largest,
+        f"propagate.n_pos = {cfg.propagate.n_pos} exceeds the largest possible positive set "
+        f"{largest} (propagate.k={cfg.propagate.k}, propagate.hops={cfg.propagate.hops})",
+    )
+    need(
+        cfg.propagate.k <= cfg.graph.k,
+        f"propagate.k = {cfg.propagate.k} must be <= graph.k = {cfg.graph.k} "
+        "(propagation walks the graph's first k neighbours)",
+    )
+    need(
+        p.ramp_epoch < p.epochs or not p.invp or p.lambda_inv == 0,
+        f"pretrain.ramp_epoch = {p.ramp_epoch} >= pretrain.epochs = {p.epochs}: the "
+        "propagation loss would never switch on; lower ramp_epoch or set invp: false",
+    )
+    need(
+        p.warmup_epochs < p.epochs,
+        f"pretrain.warmup_epochs = {p.warmup_epochs} must be < pretrain.epochs = {p.epochs}",
+    )
+    bad = [e for e in p.snapshot_epochs if e > p.epochs]
+    need(
+        not bad,
+        f"pretrain.snapshot_epochs has {bad[0] if bad else ''} > pretrain.epochs = {p.epochs}",
+    )
+    allowed_tags = {"final"} | {f"epoch_{e:04d}" for e in p.snapshot_epochs}
+    for tag in cfg.embed.tags:
+        need(
+            tag in allowed_tags,
+            f"embed.tags has {tag!r}; allowed: {', '.join(sorted(allowed_tags))} "
+            "(add the epoch to pretrain.snapshot_epochs to embed a snapshot)",
+        )
+    need(len(set(cfg.embed.tags)) == len(cfg.embed.tags), "embed.tags has duplicates")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InvpropError(
+            f"override {text!r} must look like key.sub=value (e.g. pretrain.epochs=10)"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InvpropError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InvpropError(f"override {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `overlay` merged in: mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InvpropError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvpropError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvpropError(
+            f"{what} {path} must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a params mapping plus `key=value` overrides."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(data, path, value)
+    cfg = _build(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml", overrides: typing.Sequence[str] = ()) -> Config:
+    """Read `params.yaml` (missing keys take their defaults), apply overrides, validate."""
+    return config_from_dict(read_yaml_mapping(path, "params file"), overrides)
+
+
+def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
+    """Merge a preset (a partial params file) into `params_path`, keeping its comments.
+
+    The merged result is validated before the file is rewritten (atomically), so a bad
+    preset never leaves a broken params.yaml behind.
+    """
+    from ruamel.yaml import YAML
+
+    from invprop.io import atomic_file
+
+    params_path = Path(params_path)
+    preset = read_yaml_mapping(preset_path, "preset")
+    base = read_yaml_mapping(params_path, "params file") if params_path.exists() else {}
+    cfg = config_from_dict(deep_merge(base, preset))
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 100
+    document = rt.load(params_path.read_text()) if params_path.exists() else None
+    if document is None:
+        document = {}
+
+    def merge_into(node: Any, overlay: dict[str, Any]) -> None:
+        for key, value in overlay.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                merge_into(node[key], value)
+            else:
+                node[key] = value
+
+    merge_into(document, preset)
+    buffer = io.StringIO()
+    rt.dump(document, buffer)
+    with atomic_file(params_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return cfg
+
+
+def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys (dotted) whose values differ between two configs, with both values."""
+
+    def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, dotted + "."))
+            else:
+                out[dotted] = value
+        return out
+
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

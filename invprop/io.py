@@ -1,0 +1,120 @@
+"""Atomic writes, safe loads and disk checks shared by every stage.
+
+Every artifact is written to a temporary sibling and renamed into place, so a crash leaves
+either the previous complete artifact or the new complete one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invprop.errors import InvpropError
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path, "tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success it replaces `path`.
+
+    The previous folder is moved aside first and deleted only after the new one is in
+    place; on failure the temporary folder is removed and the previous one is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        old = _temp_sibling(path, "old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing or corrupt file into a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvpropError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvpropError(f"{what} {path} is not valid JSON ({exc}); rerun its stage") from exc
+
+
+def load_npz(path: str | Path, what: str = "artifact") -> dict[str, np.ndarray]:
+    """Load every array of an .npz file eagerly, refusing pickled object arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvpropError(f"{what} not found: {path}; run the stage that writes it")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvpropError(f"{what} {path} is unreadable ({exc}); rerun its stage") from exc
+
+
+def ensure_free_space(folder: str | Path, needed_bytes: int, what: str) -> None:
+    """Fail before writing `what` if the disk holding `folder` has too little room."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    # A margin so the rename dance and logs still fit.
+    if free < needed_bytes * 1.1 + 16 * 2**20:
+        raise InvpropError(
+            f"not enough disk space for {what} in {folder}: need about "
+            f"{needed_bytes / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; free some space "
+            "(e.g. `dvc gc`) or point the artifact elsewhere"
+        )

@@ -1,0 +1,8 @@
+"""Pipeline entry point of the prepare stage; the logic lives in invprop.data.prepare."""
+
+import sys
+
+from invprop.pipeline import main
+
+if __name__ == "__main__":
+    sys.exit(main("prepare", sys.argv[1:]))

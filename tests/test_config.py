@@ -1,0 +1,147 @@
+"""The config: defaults, overrides, validation errors that name the key, presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from invprop.config import (
+    Config,
+    apply_preset,
+    config_diff,
+    config_from_dict,
+    deep_merge,
+    load_config,
+    max_positives,
+)
+from invprop.errors import InvpropError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_and_presets_are_valid() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.data.name == "fashion_mnist"
+    for preset in sorted((ROOT / "presets").glob("*.yaml")):
+        merged = deep_merge(
+            yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(preset.read_text())
+        )
+        config_from_dict(merged)
+
+
+def test_empty_params_give_defaults() -> None:
+    assert config_from_dict({}) == Config()
+
+
+def test_exponent_floats_parse_as_numbers() -> None:
+    # PyYAML reads 5e-4 as a string; people write it anyway.
+    assert config_from_dict({"pretrain": {"weight_decay": "5e-4"}}).pretrain.weight_decay == 5e-4
+
+
+def test_override_sets_typed_value() -> None:
+    cfg = config_from_dict({}, ["pretrain.epochs=7", "graph.backend=torch", "data.root=/x"])
+    assert (cfg.pretrain.epochs, cfg.graph.backend, cfg.data.root) == (7, "torch", "/x")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.epochs=0", "pretrain.epochs = 0 is out of range: must be >= 1"),
+        (
+            "pretrain.invp=yes please",
+            "pretrain.invp = 'yes please' is invalid: expected true or false",
+        ),
+        ("pretrain.lr=-1", "pretrain.lr = -1.0 is out of range: must be > 0"),
+        ("pretrain.lr=fast", "pretrain.lr = 'fast' is invalid: expected a number"),
+        ("pretrain.positives=medium", "expected one of 'hard', 'easy'"),
+        ("pretrain.hops=0", "pretrain.hops = 0 is out of range"),
+        ("pretrain.n_pos=85", "pretrain.n_pos = 85 exceeds the largest possible positive set"),
+        ("pretrain.batch_size=1.5", "pretrain.batch_size = 1.5 is invalid: expected an integer"),
+        ("pretrain.bogus=1", "unknown key pretrain.bogus"),
+        ("bogus=1", "unknown key bogus"),
+        ("data.name=mnist", "data.name = 'mnist' is not a known dataset"),
+        ("augment.crop_scale=[0.9, 0.1]", "augment.crop_scale = [0.9, 0.1] must satisfy"),
+        ("propagate.k=30", "propagate.k = 30 must be <= graph.k = 20"),
+        ("embed.tags=[epoch_0009]", "embed.tags has 'epoch_0009'"),
+        ("transfer.targets=[fashion_mnist]", "transfer.targets contains the pretraining dataset"),
+        ("pretrain.ramp_epoch=9", "pretrain.ramp_epoch = 9 >= pretrain.epochs"),
+        ("novalue", "must look like key.sub=value"),
+    ],
+)
+def test_bad_values_name_key_and_allowed(override: str, message: str) -> None:
+    with pytest.raises(InvpropError, match="^(params: )?" + ".*" + _escape(message)):
+        config_from_dict({}, [override])
+
+
+def _escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+@given(k=st.integers(1, 6), hops=st.integers(1, 4), extra=st.integers(0, 5))
+def test_n_pos_bound_is_k_plus_k2_up_to_kl(k: int, hops: int, extra: int) -> None:
+    largest = sum(k**h for h in range(1, hops + 1))
+    assert max_positives(k, hops) == largest
+    base = [f"pretrain.knn_k={k}", f"pretrain.hops={hops}"]
+    config_from_dict({}, [*base, f"pretrain.n_pos={largest}"])
+    if extra:
+        with pytest.raises(InvpropError, match=r"pretrain\.n_pos"):
+            config_from_dict({}, [*base, f"pretrain.n_pos={largest + extra}"])
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=5), st.booleans(), st.floats(allow_nan=False), st.lists(st.integers())
+    )
+)
+def test_integer_keys_reject_anything_but_positive_integers(value: object) -> None:
+    with pytest.raises(InvpropError, match=r"pretrain\.batch_size"):
+        config_from_dict({"pretrain": {"batch_size": value}})
+
+
+@given(epochs=st.integers(1, 1000), lr=st.floats(1e-6, 10), seed=st.integers(0, 2**31))
+def test_overrides_round_trip_through_to_dict(epochs: int, lr: float, seed: int) -> None:
+    cfg = config_from_dict({}, [f"pretrain.epochs={epochs}", f"pretrain.lr={lr!r}", f"seed={seed}"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.pretrain.epochs == epochs and cfg.pretrain.lr == lr and cfg.seed == seed
+
+
+def test_apply_preset_merges_validates_and_keeps_comments(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("# top comment\npretrain:\n  epochs: 3  # short\n  lr: 0.1\n")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("pretrain:\n  epochs: 9\nmodel:\n  backbone: resnet18_cifar\n")
+    cfg = apply_preset(params, preset)
+    text = params.read_text()
+    assert "# top comment" in text and "# short" in text
+    assert (cfg.pretrain.epochs, cfg.pretrain.lr, cfg.model.backbone) == (9, 0.1, "resnet18_cifar")
+    assert load_config(params) == cfg
+
+
+def test_bad_preset_leaves_params_untouched(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  epochs: 3\n")
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("pretrain:\n  epochs: -3\n")
+    with pytest.raises(InvpropError, match=r"pretrain\.epochs = -3"):
+        apply_preset(params, preset)
+    assert params.read_text() == "pretrain:\n  epochs: 3\n"
+
+
+def test_config_diff_lists_changed_keys() -> None:
+    a = config_from_dict({})
+    b = config_from_dict({}, ["graph.k=30", "seed=4"])
+    assert config_diff(a, b) == {"graph.k": (20, 30), "seed": (0, 4)}
+
+
+def test_section_hash_changes_only_with_its_section() -> None:
+    a = config_from_dict({})
+    assert a.section_hash("data") == config_from_dict({}, ["graph.k=5"]).section_hash("data")
+    assert a.section_hash("data") != config_from_dict({}, ["data.image_size=32"]).section_hash(
+        "data"
+    )

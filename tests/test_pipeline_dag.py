@@ -1,0 +1,112 @@
+"""dvc.yaml and the Snakefile describe the same DAG: stages, commands, inputs, outputs, params."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Stage:
+    cmd: str
+    deps: frozenset[str]
+    outs: frozenset[str]
+    params: frozenset[str]
+
+
+def dvc_stages() -> dict[str, Stage]:
+    from dvc.repo import Repo
+
+    stages = {}
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            params = {
+                key
+                for dep in stage.deps
+                if dep.__class__.__name__ == "ParamsDependency"
+                for key in dep.params
+            }
+            deps = {
+                str(dep.def_path)
+                for dep in stage.deps
+                if dep.__class__.__name__ != "ParamsDependency"
+            }
+            outs = {str(out.def_path) for out in stage.outs}
+            stages[stage.addressing] = Stage(
+                stage.cmd, frozenset(deps), frozenset(outs), frozenset(params)
+            )
+    return stages
+
+
+def snakemake_rule_params() -> dict[str, frozenset[str]]:
+    """The `tracked` params of every rule, read through Snakemake's own parser."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (
+        OutputSettings,
+        Quietness,
+        ResourceSettings,
+        StorageSettings,
+    )
+
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            storage_settings=StorageSettings(),
+            snakefile=ROOT / "Snakefile",
+            workdir=ROOT,
+        )
+        workflow = workflow_api._get_workflow()
+        # Parsing without building a DAG: the private entry point is the only way to read
+        # rule params; snakemake is pinned in constraints.txt.
+        workflow.include(ROOT / "Snakefile", overwrite_default_target=True)
+        return {rule.name: frozenset(rule.params.get("tracked", {})) for rule in workflow.rules}
+
+
+def snakemake_stages() -> dict[str, Stage]:
+    """Every job of a forced dry run, named like DVC names foreach stages (rule@wildcard)."""
+    out = subprocess.run(
+        [BIN / "snakemake", "--dry-run", "--forceall", "--printshellcmds", "--cores", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    params = snakemake_rule_params()
+    stages = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head or head.group(1) == "all":
+            continue
+
+        def field(name: str) -> list[str]:
+            found = re.search(rf"^\s+{name}: (.*)$", block, re.MULTILINE)
+            return [v.strip() for v in found.group(1).split(",")] if found else []
+
+        wildcards = [value.split("=", 1)[1] for value in field("wildcards")]
+        name = "@".join([head.group(1), *wildcards])
+        cmd = re.search(r"^Shell command: (.*)$", block, re.MULTILINE).group(1)
+        stages[name] = Stage(
+            cmd, frozenset(field("input")), frozenset(field("output")), params[head.group(1)]
+        )
+    return stages
+
+
+@pytest.mark.slow
+def test_dvc_and_snakemake_describe_the_same_dag() -> None:
+    dvc = dvc_stages()
+    snake = snakemake_stages()
+    assert sorted(dvc) == sorted(snake)
+    for name in dvc:
+        assert dvc[name].cmd == snake[name].cmd, name
+        assert dvc[name].outs == snake[name].outs, name
+        # DVC lists params.yaml itself as a dependency; Snakemake tracks params per rule.
+        assert dvc[name].deps - {"params.yaml"} == snake[name].deps, name
+        assert dvc[name].params == snake[name].params, name
