@@ -37,7 +37,10 @@ DATASET_NAMES = (
 
 
 def max_positives(k: int, hops: int) -> int:
-    """The largest possible propagated positive set: k + k^2 + ... + k^hops."""
+    """The largest possible propagated positive set: k + k^2 + ... + k^hops (the width C of a
+    Propagation; a params error above it)."""
+    if k < 1 or hops < 1:
+        raise ValueError(f"need k >= 1 and hops >= 1, got k={k}, hops={hops}")
     return sum(k**hop for hop in range(1, hops + 1))
 
 
