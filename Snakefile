@@ -48,6 +48,6 @@ rule prepare_target:
     wildcard_constraints:
         target="|".join(TARGETS) or "^$",
     params:
-        tracked=tracked("seed", "transfer.roots"),
+        tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
     shell:
         "python stages/prepare.py {wildcards.target}"

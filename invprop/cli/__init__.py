@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from invprop.cli import params
+from invprop.cli import data, params
 from invprop.cli.common import command
 from invprop.errors import InvpropError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(params.app, name="params")
+app.add_typer(data.app, name="data")
 
 
 @command(app, "stage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

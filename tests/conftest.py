@@ -1,0 +1,247 @@
+"""Shared fixtures. Data: writers of tiny datasets in the official on-disk formats.
+
+The writers follow each format's specification independently of `invprop.data`, so the
+readers are tested against files laid out as the real downloads are.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invprop.config import Config, config_from_dict
+
+
+@dataclass
+class Written:
+    """What a writer put on disk: the root to point data.root at and the expected splits."""
+
+    root: Path
+    train_images: np.ndarray  # uint8 (N, C, H, W)
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+
+def _images(rng: np.random.Generator, n: int, c: int, h: int, w: int) -> np.ndarray:
+    return rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+
+
+def _labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    labels = np.arange(n) % k  # every class present
+    rng.shuffle(labels)
+    return labels.astype(np.int64)
+
+
+class RawWriters:
+    @staticmethod
+    def idx_file(path: Path, array: np.ndarray, gz: bool = True) -> None:
+        """The idx format: 0, 0, type code, ndim, big-endian uint32 dims, big-endian data."""
+        codes = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+        code = codes[array.dtype.kind + str(array.dtype.itemsize)]
+        header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+        data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(data) if gz else data)
+
+    @staticmethod
+    def fashion_mnist(
+        root: Path, n_train: int = 40, n_test: int = 20, gz: bool = True, sub: str = ""
+    ) -> Written:
+        rng = np.random.default_rng(1)
+        out = Written(
+            root,
+            _images(rng, n_train, 1, 28, 28),
+            _labels(rng, n_train, 10),
+            _images(rng, n_test, 1, 28, 28),
+            _labels(rng, n_test, 10),
+            [],
+        )
+        folder = root / sub if sub else root
+        ext = ".gz" if gz else ""
+        for prefix, images, labels in (
+            ("train", out.train_images, out.train_labels),
+            ("t10k", out.test_images, out.test_labels),
+        ):
+            RawWriters.idx_file(folder / f"{prefix}-images-idx3-ubyte{ext}", images[:, 0], gz)
+            RawWriters.idx_file(
+                folder / f"{prefix}-labels-idx1-ubyte{ext}", labels.astype(np.uint8), gz
+            )
+        return out
+
+    @staticmethod
+    def pickle_file(path: Path, obj: object) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+
+    @staticmethod
+    def cifar10(root: Path, per_batch: int = 6, n_test: int = 10) -> Written:
+        """cifar-10-batches-py/: data_batch_1..5, test_batch, batches.meta (dict pickles;
+        'data' rows are 1024 red, 1024 green, 1024 blue values, each plane row-major)."""
+        rng = np.random.default_rng(2)
+        folder = root / "cifar-10-batches-py"
+        names = [f"class{k}" for k in range(10)]
+        train_x, train_y = [], []
+        for i in range(1, 6):
+            x, y = _images(rng, per_batch, 3, 32, 32), _labels(rng, per_batch, 10)
+            batch = {
+                "batch_label": f"training batch {i} of 5",
+                "labels": y.tolist(),
+                "data": x.reshape(per_batch, 3072),
+                "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)],
+            }
+            RawWriters.pickle_file(folder / f"data_batch_{i}", batch)
+            train_x.append(x)
+            train_y.append(y)
+        test_x, test_y = _images(rng, n_test, 3, 32, 32), _labels(rng, n_test, 10)
+        RawWriters.pickle_file(
+            folder / "test_batch", {"labels": test_y.tolist(), "data": test_x.reshape(n_test, -1)}
+        )
+        # bytes keys and names, as pickle.load(..., encoding="bytes") users see them
+        RawWriters.pickle_file(
+            folder / "batches.meta",
+            {b"label_names": [n.encode() for n in names], b"num_vis": 3072},
+        )
+        return Written(
+            root, np.concatenate(train_x), np.concatenate(train_y), test_x, test_y, names
+        )
+
+    @staticmethod
+    def cifar100(root: Path, n_train: int = 120, n_test: int = 100) -> Written:
+        rng = np.random.default_rng(3)
+        folder = root / "cifar-100-python"
+        names = [f"fine{k:02d}" for k in range(100)]
+        out = Written(
+            root,
+            _images(rng, n_train, 3, 32, 32),
+            _labels(rng, n_train, 100),
+            _images(rng, n_test, 3, 32, 32),
+            _labels(rng, n_test, 100),
+            names,
+        )
+        for split, x, y in (
+            ("train", out.train_images, out.train_labels),
+            ("test", out.test_images, out.test_labels),
+        ):
+            batch = {
+                "fine_labels": y.tolist(),
+                "coarse_labels": (y // 5).tolist(),
+                "data": x.reshape(len(x), -1),
+            }
+            RawWriters.pickle_file(folder / split, batch)
+        meta = {"fine_label_names": names, "coarse_label_names": [f"c{k}" for k in range(20)]}
+        RawWriters.pickle_file(folder / "meta", meta)
+        return out
+
+    @staticmethod
+    def svhn(root: Path, n_train: int = 30, n_test: int = 20) -> Written:
+        """train_32x32.mat / test_32x32.mat: X (32, 32, 3, N) uint8, y (N, 1) in 1..10."""
+        from scipy.io import savemat
+
+        rng = np.random.default_rng(4)
+        out = Written(
+            root,
+            _images(rng, n_train, 3, 32, 32),
+            _labels(rng, n_train, 10),
+            _images(rng, n_test, 3, 32, 32),
+            _labels(rng, n_test, 10),
+            [str(d) for d in range(10)],
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        for split, x, y in (
+            ("train", out.train_images, out.train_labels),
+            ("test", out.test_images, out.test_labels),
+        ):
+            mat_y = np.where(y == 0, 10, y).astype(np.uint8)[:, None]  # digit 0 is stored as 10
+            savemat(root / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": mat_y})
+        return out
+
+    @staticmethod
+    def stl10(root: Path, n_train: int = 12, n_test: int = 10) -> Written:
+        """stl10_binary/: *_X.bin uint8 images, each channel column-major; *_y.bin 1..10."""
+        rng = np.random.default_rng(5)
+        names = [
+            "airplane",
+            "bird",
+            "car",
+            "cat",
+            "deer",
+            "dog",
+            "horse",
+            "monkey",
+            "ship",
+            "truck",
+        ]
+        out = Written(
+            root,
+            _images(rng, n_train, 3, 96, 96),
+            _labels(rng, n_train, 10),
+            _images(rng, n_test, 3, 96, 96),
+            _labels(rng, n_test, 10),
+            names,
+        )
+        folder = root / "stl10_binary"
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, x, y in (
+            ("train", out.train_images, out.train_labels),
+            ("test", out.test_images, out.test_labels),
+        ):
+            # column-major per channel: write each (H, W) plane transposed, i.e. as (W, H)
+            (folder / f"{split}_X.bin").write_bytes(x.transpose(0, 1, 3, 2).tobytes())
+            (folder / f"{split}_y.bin").write_bytes((y + 1).astype(np.uint8).tobytes())
+        (folder / "class_names.txt").write_text("\n".join(names) + "\n")
+        return out
+
+    @staticmethod
+    def image_folder(
+        root: Path,
+        counts: dict[str | None, int],
+        fmt: str = "png",
+        size: int = 32,
+        mode: str = "RGB",
+        seed: int = 6,
+    ) -> dict[str, np.ndarray]:
+        """Write `counts[class]` images per class folder (None: loose in root).
+
+        Returns {relative path: pixels as (C, H, W) uint8}.
+        """
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        written = {}
+        for name, n in counts.items():
+            folder = root / name if name else root
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                channels = 1 if mode == "L" else 3
+                # smooth images, so JPEG round trips stay close
+                base = rng.integers(0, 256, (channels, 4, 4), dtype=np.uint8)
+                pixels = np.kron(base, np.ones((1, size // 4, size // 4), np.uint8))
+                image = Image.fromarray(pixels[0] if mode == "L" else pixels.transpose(1, 2, 0))
+                path = folder / f"img_{i:03d}.{fmt}"
+                image.save(path)
+                written[path.relative_to(root).as_posix()] = pixels
+        return written
+
+
+@pytest.fixture(scope="session")
+def writers() -> type[RawWriters]:
+    return RawWriters
+
+
+def make_config(name: str = "synthetic", **data: object) -> Config:
+    """A validated config for dataset `name` with `data` keys set and no transfer targets."""
+    return config_from_dict({"data": {"name": name, **data}, "transfer": {"targets": []}})
+
+
+@pytest.fixture(scope="session")
+def data_config() -> Callable[..., Config]:
+    """`data_config(name, **data)` builds a Config (see make_config)."""
+    return make_config
