@@ -19,6 +19,11 @@ from invprop.errors import InvpropError
 # name -> "module:function"; each function takes (cfg, *positional args).
 STAGES: dict[str, str] = {
     "prepare": "invprop.data.prepare:run",
+    "pretrain": "invprop.train:run",
+    "embed": "invprop.embed:run",
+    "graph": "invprop.graph:run",
+    "propagate": "invprop.propagation:run",
+    "evaluate": "invprop.evaluate:run",
 }
 
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from invprop.cli import data, params
+from invprop.cli import data, knn, metrics, params
 from invprop.cli.common import command
 from invprop.errors import InvpropError
 
@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(params.app, name="params")
 app.add_typer(data.app, name="data")
+knn.register(app)
+metrics.register(app)
 
 
 @command(app, "stage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,426 @@
+"""Clean embeddings of a split, and the embed stage that stores them per checkpoint.
+
+`extract` is the one way to turn images into representations without augmentation: the
+embed stage, the evaluate stage's baselines, the pretrain loop (forward-filled bank and kNN
+monitor) and `invprop knn` all call it, so they all see the same preprocessing:
+`invprop.augment.center` at data.image_size with the prepared data's channel statistics,
+after converting the images to the model's channel count.
+
+Stage artifact, `artifacts/embeddings/<tag>/` (written atomically as one folder)::
+
+    embeddings.npz   train_features [N, F] float32   train_embeddings [N, d] float32
+                     train_labels [N] int64 (-1 = unlabeled)
+                     test_features [M, F]  test_embeddings [M, d]  test_labels [M]
+    meta.json        tag, checkpoint, checkpoint_sha256, epoch, dataset, training_hash,
+                     num_classes, counts {train, test}, dims {features, embeddings},
+                     device, seconds
+
+plus `reports/embed_<tag>.json` (counts, dims, timing). Rows follow the prepared split's
+order, which is also the memory bank's order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from invprop.config import Config
+from invprop.errors import InvpropError
+from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, write_json
+
+if TYPE_CHECKING:
+    from invprop.data import PreparedDataset, Split
+    from invprop.models import Encoder
+
+__all__ = [
+    "EMBEDDINGS_DIR",
+    "EmbeddingSet",
+    "check_compatible",
+    "checkpoint_for_tag",
+    "embed_checkpoint",
+    "extract",
+    "inference_autocast",
+    "load_embeddings",
+    "normalisation",
+    "resolve_device",
+    "run",
+    "save_npz",
+]
+
+EMBEDDINGS_DIR = Path("artifacts/embeddings")
+PRETRAIN_DIR = Path("models/pretrain")
+PREPARED_DIR = Path("data/prepared")
+REPORTS_DIR = Path("reports")
+ARRAY_KEYS = (
+    "train_features",
+    "train_embeddings",
+    "train_labels",
+    "test_features",
+    "test_embeddings",
+    "test_labels",
+)
+# ITU-R BT.601 luma weights, as invprop.data.tensors.convert_channels uses.
+_LUMA = (0.299, 0.587, 0.114)
+_TAG = re.compile(r"^(final|epoch_\d{4})$")
+
+
+def log(message: str) -> None:
+    print(f"[embed] {message}", file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device `name` means; "auto" or None: the GPU when there is one, else the CPU."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise InvpropError(f"device {name!r} asked for, but no CUDA GPU is visible; use auto")
+    return torch.device(name)
+
+
+def normalisation(meta: dict[str, Any], channels: int) -> tuple[list[float], list[float]]:
+    """The prepared data's per-channel mean/std, carried over to `channels` input channels.
+
+    Same count: unchanged. 1 -> 3 (grey images for an RGB model): repeated. 3 -> 1: the
+    BT.601 luma of the means (exact) and of the stds (exact for fully correlated channels,
+    an upper bound otherwise; RGB channels of natural images are strongly correlated).
+    """
+    mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+    if len(mean) == channels:
+        return mean, std
+    if len(mean) == 1 and channels == 3:
+        return mean * 3, std * 3
+    if len(mean) == 3 and channels == 1:
+        return [sum(w * m for w, m in zip(_LUMA, mean, strict=True))], [
+            sum(w * s for w, s in zip(_LUMA, std, strict=True))
+        ]
+    raise InvpropError(
+        f"prepared data has {len(mean)}-channel statistics; cannot feed a {channels}-channel "
+        "model (only 1 <-> 3 conversions exist)"
+    )
+
+
+def _uint8_batches(
+    split: Split, channels: int, batch_size: int, device: torch.device, num_workers: int
+) -> Iterator[Tensor]:
+    """uint8 [B, C, H, W] batches of the split, in order, on `device`, with `channels`."""
+    from invprop.data import ImageFileDataset, convert_channels
+
+    non_blocking = device.type == "cuda"
+    if isinstance(split.images, np.ndarray):  # "arrays": slice the memmap, no workers needed
+        for start in range(0, len(split.images), batch_size):
+            chunk = torch.from_numpy(np.array(split.images[start : start + batch_size]))
+            if non_blocking:
+                chunk = chunk.pin_memory()
+            yield convert_channels(chunk.to(device, non_blocking=non_blocking), channels)
+        return
+    loader = torch.utils.data.DataLoader(
+        ImageFileDataset(split, channels),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=non_blocking,
+        persistent_workers=False,
+    )
+    for images, _ in loader:
+        yield images.to(device, non_blocking=non_blocking)
+
+
+def inference_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when cfg.pretrain.precision allows it (auto or bf16), else none."""
+    precision = cfg.pretrain.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def extract(
+    encoder: Encoder,
+    split: Split,
+    meta: dict[str, Any],
+    cfg: Config,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    out_device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """(features [N, F], embeddings [N, d]) of every image of `split`, in order, float32.
+
+    Clean view only: channels converted to cfg.data.channels, then `center()` at
+    cfg.data.image_size with `meta`'s statistics. The encoder (already on `device`; None
+    means the encoder's own device) runs in eval mode under no_grad, in bf16 autocast on CUDA when
+    cfg.pretrain.precision allows it, channels_last when cfg.pretrain.channels_last; its
+    train/eval mode is restored afterwards. "files" splits stream through a DataLoader with
+    cfg.pretrain.num_workers workers. Results land on `out_device` (CPU by default, so a
+    1.28M-image split never has to fit on the GPU twice).
+    """
+    from invprop.augment import center
+
+    if device is None:
+        device = next(encoder.parameters()).device
+    device = torch.device(device)
+    out_device = torch.device(out_device)
+    batch_size = batch_size or cfg.embed.batch_size
+    channels, size = cfg.data.channels, cfg.data.image_size
+    mean, std = normalisation(meta, channels)
+    mean_t = torch.tensor(mean, device=device)
+    std_t = torch.tensor(std, device=device)
+    n = len(split)
+    features = embeddings = None
+    pin = out_device.type == "cpu" and device.type == "cuda"
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        start = 0
+        for images in _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers):
+            x = center(images, size, mean_t, std_t)
+            if device.type == "cuda" and cfg.pretrain.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with inference_autocast(cfg, device):
+                f, e = encoder.embed(x)
+            f, e = f.float(), e.float()
+            if features is None:
+                features = torch.empty(n, f.shape[1], device=out_device, pin_memory=pin)
+                embeddings = torch.empty(n, e.shape[1], device=out_device, pin_memory=pin)
+            stop = start + f.shape[0]
+            features[start:stop].copy_(f, non_blocking=pin)
+            embeddings[start:stop].copy_(e, non_blocking=pin)
+            start = stop
+    finally:
+        encoder.train(was_training)
+    if pin:
+        torch.cuda.synchronize(device)
+    if features is None or embeddings is None or start != n:
+        raise InvpropError(
+            f"the {split.name} split yielded {start} of {n} images; nothing to embed"
+        )
+    return features, embeddings
+
+
+# ---------------------------------------------------------------------------------------
+# Validation shared with evaluate and the CLI
+
+
+def check_compatible(
+    checkpoint_cfg: Config, cfg: Config, prepared: PreparedDataset, where: str
+) -> None:
+    """Fail with a clear message when a checkpoint cannot be applied to the prepared data.
+
+    The checkpoint's data section (dataset, image size, channels, subset limits) must
+    match the params and the prepared folder; channel counts must be convertible; each
+    split must have as many labels as images.
+    """
+    ours, theirs = cfg.data, checkpoint_cfg.data
+    for key in ("name", "image_size", "channels", "train_limit", "test_limit"):
+        if getattr(ours, key) != getattr(theirs, key):
+            raise InvpropError(
+                f"{where} was trained with data.{key} = {getattr(theirs, key)!r} but params have "
+                f"data.{key} = {getattr(ours, key)!r}; set it back, or rerun pretraining "
+                "(dvc repro pretrain)"
+            )
+    if prepared.name != theirs.name:
+        raise InvpropError(
+            f"{where} was trained on {theirs.name!r} but {prepared.path} holds "
+            f"{prepared.name!r}; rerun the prepare stage for {theirs.name}"
+        )
+    if prepared.shape[0] not in (1, 3):
+        raise InvpropError(
+            f"{prepared.path}/meta.json: shape {prepared.shape} must have 1 or 3 channels"
+        )
+    for split in (prepared.train, prepared.test):
+        n_images = len(split.images)
+        if n_images != len(split.labels):
+            raise InvpropError(
+                f"{prepared.path}: the {split.name} split has {n_images} images but "
+                f"{len(split.labels)} labels; rerun the prepare stage"
+            )
+
+
+def checkpoint_for_tag(tag: str, pretrain_dir: Path = PRETRAIN_DIR) -> Path:
+    """The checkpoint of a tag: final -> final.pt, epoch_NNNN -> snapshots/epoch_NNNN.pt."""
+    if not _TAG.match(tag):
+        raise InvpropError(
+            f"embedding tag {tag!r} is not 'final' or 'epoch_NNNN' (four digits, e.g. epoch_0010)"
+        )
+    return pretrain_dir / "final.pt" if tag == "final" else pretrain_dir / "snapshots" / f"{tag}.pt"
+
+
+# ---------------------------------------------------------------------------------------
+# The artifact
+
+
+class EmbeddingSet:
+    """A loaded `artifacts/embeddings/<tag>/` folder, validated (row counts, dtypes)."""
+
+    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        self.folder = folder
+        self.arrays = arrays
+        self.meta = meta
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def tensor(self, key: str) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.arrays[key]))
+
+    @property
+    def num_classes(self) -> int:
+        if "num_classes" in self.meta:
+            return int(self.meta["num_classes"])
+        labels = np.concatenate([self.arrays["train_labels"], self.arrays["test_labels"]])
+        return int(labels.max()) + 1
+
+
+def load_embeddings(folder: str | Path) -> EmbeddingSet:
+    """Load and validate an embeddings folder; errors name the file and the fix."""
+    folder = Path(folder)
+    path = folder / "embeddings.npz"
+    fix = "rerun the embed stage (dvc repro embed)"
+    if not folder.is_dir():
+        raise InvpropError(f"embeddings folder {folder} not found; {fix}")
+    arrays = load_npz(path, "embeddings")
+    missing = [key for key in ARRAY_KEYS if key not in arrays]
+    if missing:
+        raise InvpropError(f"{path} lacks array {missing[0]!r}; {fix}")
+    for split in ("train", "test"):
+        features = arrays[f"{split}_features"]
+        embeddings = arrays[f"{split}_embeddings"]
+        labels = arrays[f"{split}_labels"]
+        if features.ndim != 2 or embeddings.ndim != 2 or labels.ndim != 1:
+            raise InvpropError(
+                f"{path}: {split} arrays must be 2-D features/embeddings and 1-D labels, got "
+                f"{features.shape}, {embeddings.shape}, {labels.shape}; {fix}"
+            )
+        if not (features.shape[0] == embeddings.shape[0] == labels.shape[0]):
+            raise InvpropError(
+                f"{path}: {split}_features has {features.shape[0]} rows, {split}_embeddings "
+                f"{embeddings.shape[0]}, {split}_labels {labels.shape[0]}; they must match; {fix}"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InvpropError(
+                f"{path}: {split}_labels must be integers, got {labels.dtype}; {fix}"
+            )
+    for key in ("features", "embeddings"):
+        if arrays[f"train_{key}"].shape[1] != arrays[f"test_{key}"].shape[1]:
+            raise InvpropError(
+                f"{path}: train_{key} and test_{key} differ in width "
+                f"({arrays[f'train_{key}'].shape[1]} vs {arrays[f'test_{key}'].shape[1]}); {fix}"
+            )
+    meta_path = folder / "meta.json"
+    meta = read_json(meta_path, "embeddings meta") if meta_path.exists() else {}
+    return EmbeddingSet(folder, arrays, meta)
+
+
+def embed_checkpoint(
+    cfg: Config,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    tag: str,
+    prepared_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Extract train and test embeddings of `checkpoint` into `out_dir`; return its meta.
+
+    The meta holds no timings or device names, so the same inputs give the same artifact.
+    """
+    from invprop.checkpoint import (
+        encoder_from_checkpoint,
+        file_sha256,
+        load_checkpoint,
+        training_hash,
+    )
+    from invprop.data import load_prepared
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    dev = resolve_device(device if device is not None else cfg.pretrain.device)
+    prepared = load_prepared(prepared_dir or PREPARED_DIR / cfg.data.name)
+    state = load_checkpoint(checkpoint)
+    encoder, ckpt_cfg, state = encoder_from_checkpoint(state, dev)
+    check_compatible(ckpt_cfg, cfg, prepared, str(checkpoint))
+    if state.get("params_hash") != training_hash(cfg):
+        log(
+            f"note: {checkpoint} was trained with other pretrain params than params.yaml has "
+            "now (training hash differs); embedding it as it is"
+        )
+    n_rows = len(prepared.train) + len(prepared.test)
+    ensure_free_space(
+        out_dir.parent, n_rows * (encoder.feature_dim + encoder.dim) * 4 + n_rows * 16, "embeddings"
+    )
+
+    log(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
+    arrays: dict[str, np.ndarray] = {}
+    for split in (prepared.train, prepared.test):
+        features, embeddings = extract(encoder, split, prepared.meta, cfg, dev)
+        arrays[f"{split.name}_features"] = features.numpy().astype(np.float32, copy=False)
+        arrays[f"{split.name}_embeddings"] = embeddings.numpy().astype(np.float32, copy=False)
+        arrays[f"{split.name}_labels"] = np.asarray(split.labels, dtype=np.int64)
+    meta = {
+        "tag": tag,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "epoch": int(state["epoch"]),
+        "dataset": prepared.name,
+        "training_hash": state.get("params_hash"),
+        "num_classes": len(prepared.classes),
+        "counts": {"train": len(prepared.train), "test": len(prepared.test)},
+        "dims": {"features": encoder.feature_dim, "embeddings": encoder.dim},
+    }
+    with atomic_dir(out_dir) as tmp:
+        save_npz(tmp / "embeddings.npz", arrays)
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez (uncompressed, loadable with np.load), but byte-for-byte reproducible:
+    entries in sorted order with a fixed timestamp, so equal arrays give an equal file."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(arrays[key]), allow_pickle=False)
+
+
+def run(cfg: Config, *tags: str) -> None:
+    """The embed stage: embed each tag (default cfg.embed.tags) and write its report.
+
+    Tag "final" reads models/pretrain/final.pt, "epoch_NNNN" the snapshot of that epoch;
+    each writes artifacts/embeddings/<tag>/ and reports/embed_<tag>.json.
+    """
+    names: Sequence[str] = list(tags) or cfg.embed.tags
+    checkpoints = {tag: checkpoint_for_tag(tag) for tag in names}  # bad tags fail first
+    device = resolve_device(cfg.pretrain.device)
+    for tag, checkpoint in checkpoints.items():
+        start = time.perf_counter()
+        meta = embed_checkpoint(cfg, checkpoint, EMBEDDINGS_DIR / tag, tag, device=device)
+        seconds = time.perf_counter() - start
+        images = meta["counts"]["train"] + meta["counts"]["test"]
+        write_json(
+            REPORTS_DIR / f"embed_{tag}.json",
+            {
+                "tag": tag,
+                "epoch": meta["epoch"],
+                "counts": meta["counts"],
+                "dims": meta["dims"],
+                "device": str(device),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(images / max(seconds, 1e-9), 1),
+            },
+        )
+        log(
+            f"{tag}: {images} images -> {EMBEDDINGS_DIR / tag} "
+            f"({meta['dims']['features']}-d features, {meta['dims']['embeddings']}-d "
+            f"embeddings, {seconds:.1f} s)"
+        )

@@ -1,0 +1,424 @@
+"""The evaluate stage: kNN, linear probe and baselines -> flat `reports/evaluate.json`.
+
+Reads `artifacts/embeddings/final/` (embed stage), `models/pretrain/final.pt` (its memory
+bank) and `data/prepared/<data.name>/` (labels, and images for the baselines). Every input
+is checked before any work starts, with errors that name the file and the stage to rerun.
+
+Keys (all flat, "/"-separated, so DVC metrics, the report and `invprop metrics` read them
+directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
+
+    invp/knn_clean/{embeddings,features}/k{K}/{top1,top5}   clean train set (standard)
+    invp/knn_clean/{embeddings,features}/seconds
+    invp/knn_bank/k{K}/{top1,top5}, invp/knn_bank/seconds   memory bank as train set
+    invp/linear/{top1,top5,c,seconds,protocol}               linear probe on features
+    invp/epoch
+    pixels/knn/k{K}/{top1,top5}, pixels/knn/seconds          raw-pixel baseline
+    pixels/linear/{top1,top5,c,seconds,protocol}
+    random_init/extract/seconds                              the network before training
+    random_init/knn_clean/{embeddings,features}/k{K}/{top1,top5}, .../seconds
+    random_init/linear/{top1,top5,c,seconds,protocol}
+    instance_discrimination/...                              same keys as invp (when on)
+    <baseline>/status                                        why a baseline did not run
+    evaluate/{seconds,device,num_classes,train_images,test_images}
+
+`c` is the inverse regularisation the L-BFGS probe chose on held-out train rows (absent
+for protocol sgd_augmented).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from invprop.config import Config
+from invprop.embed import (
+    EMBEDDINGS_DIR,
+    PREPARED_DIR,
+    PRETRAIN_DIR,
+    EmbeddingSet,
+    check_compatible,
+    extract,
+    load_embeddings,
+    resolve_device,
+)
+from invprop.errors import InvpropError
+from invprop.io import write_json
+from invprop.knn import knn_accuracy
+from invprop.linear import LinearProbeResult, linear_probe, sgd_augmented_probe
+
+__all__ = [
+    "PIXEL_BUDGET_BYTES",
+    "REPORT",
+    "evaluate",
+    "knn_metrics",
+    "linear_metrics",
+    "pixel_metrics",
+    "random_init_metrics",
+    "run",
+]
+
+REPORT = Path("reports/evaluate.json")
+INSTANCE_DISCRIMINATION_DIR = EMBEDDINGS_DIR / "instance_discrimination"
+# The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
+PIXEL_BUDGET_BYTES = 4 << 30
+
+
+def log(message: str) -> None:
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks: each returns flat metrics under a prefix
+
+
+def knn_metrics(
+    prefix: str,
+    train: Tensor,
+    train_labels: Tensor,
+    test: Tensor,
+    test_labels: Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Weighted kNN for every k in `ks`: {prefix}/k{K}/{top1,top5} and {prefix}/seconds."""
+    start = time.perf_counter()
+    result = knn_accuracy(
+        train.to(device),
+        train_labels.to(device),
+        test.to(device),
+        test_labels.to(device),
+        ks,
+        temperature,
+        num_classes,
+    )
+    out: dict[str, float] = {}
+    for k, scores in result.items():
+        out[f"{prefix}/k{k}/top1"] = scores["top1"]
+        out[f"{prefix}/k{k}/top5"] = scores["top5"]
+    out[f"{prefix}/seconds"] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
+    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen)."""
+    out: dict[str, Any] = {
+        f"{prefix}/top1": result.top1,
+        f"{prefix}/top5": result.top5,
+        f"{prefix}/seconds": round(result.seconds, 3),
+        f"{prefix}/protocol": result.protocol,
+    }
+    if result.c is not None:
+        out[f"{prefix}/c"] = result.c
+    return out
+
+
+def _lbfgs(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+) -> LinearProbeResult:
+    lin = cfg.evaluate.linear
+    counted = test_y >= 0
+    return linear_probe(
+        train_x,
+        train_y,
+        test_x[counted],
+        test_y[counted],
+        num_classes,
+        lin.c_grid,
+        lin.val_fraction,
+        lin.max_iter,
+        cfg.seed,
+        device,
+    )
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    """A tensor sharing `array`'s memory, or a copy when it is read-only (a memmap)."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def representation_metrics(
+    name: str,
+    embeddings: EmbeddingSet,
+    bank: Tensor | None,
+    encoder_source: Any,
+    prepared: Any,
+    cfg: Config,
+    device: torch.device,
+) -> dict[str, Any]:
+    """kNN (clean, and on the bank when given) and the linear probe of one trained run.
+
+    `encoder_source`: a zero-argument callable returning the encoder, needed only by the
+    sgd_augmented protocol (None: that protocol cannot run, L-BFGS on features is used).
+    """
+    num_classes = embeddings.num_classes
+    train_y, test_y = _tensor(embeddings["train_labels"]), _tensor(embeddings["test_labels"])
+    out: dict[str, Any] = {}
+    for kind in ("embeddings", "features"):
+        out |= knn_metrics(
+            f"{name}/knn_clean/{kind}",
+            _tensor(embeddings[f"train_{kind}"]),
+            train_y,
+            _tensor(embeddings[f"test_{kind}"]),
+            test_y,
+            cfg.evaluate.knn_k,
+            cfg.evaluate.knn_temperature,
+            num_classes,
+            device,
+        )
+    if bank is not None:
+        out |= knn_metrics(
+            f"{name}/knn_bank",
+            bank,
+            train_y,
+            _tensor(embeddings["test_embeddings"]),
+            test_y,
+            cfg.evaluate.knn_k,
+            cfg.evaluate.knn_temperature,
+            num_classes,
+            device,
+        )
+    if cfg.evaluate.linear.protocol == "sgd_augmented" and encoder_source is not None:
+        result = sgd_augmented_probe(encoder_source(), prepared, cfg, device)
+    else:
+        if cfg.evaluate.linear.protocol == "sgd_augmented":
+            log(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
+        result = _lbfgs(
+            _tensor(embeddings["train_features"]),
+            train_y,
+            _tensor(embeddings["test_features"]),
+            test_y,
+            cfg,
+            num_classes,
+            device,
+        )
+    return out | linear_metrics(f"{name}/linear", result)
+
+
+def pixel_metrics(prepared: Any, cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Raw pixels: kNN on flattened, centred (train mean), L2-normalised pixels, and the
+    L-BFGS probe on standardised pixels. Images as prepared (native channels, size)."""
+    if prepared.format != "arrays":
+        return {"pixels/status": "not run (an image-file dataset has no pixel array to use)"}
+    train_labels = np.asarray(prepared.train.labels)
+    labelled = np.flatnonzero(train_labels >= 0)
+    dim = int(np.prod(prepared.shape))
+    needed = (labelled.size + len(prepared.test)) * dim * 4
+    if needed > PIXEL_BUDGET_BYTES:
+        return {
+            "pixels/status": f"not run (pixels would take {needed / 2**30:.1f} GiB, more than "
+            f"{PIXEL_BUDGET_BYTES / 2**30:.0f} GiB)"
+        }
+    num_classes = len(prepared.classes)
+    train_x = _tensor(np.asarray(prepared.train.images)[labelled].reshape(labelled.size, dim))
+    test_x = _tensor(np.asarray(prepared.test.images).reshape(len(prepared.test), dim))
+    train_x = train_x.to(device).float().div_(255)
+    test_x = test_x.to(device).float().div_(255)
+    mean = train_x.mean(dim=0)
+    train_y = _tensor(train_labels[labelled])
+    test_y = _tensor(np.asarray(prepared.test.labels))
+    out = knn_metrics(
+        "pixels/knn",
+        train_x - mean,
+        train_y,
+        test_x - mean,
+        test_y,
+        cfg.evaluate.knn_k,
+        cfg.evaluate.knn_temperature,
+        num_classes,
+        device,
+    )
+    result = _lbfgs(train_x, train_y, test_x, test_y, cfg, num_classes, device)
+    if cfg.evaluate.linear.protocol != "lbfgs":
+        log("pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)")
+    return out | linear_metrics("pixels/linear", result)
+
+
+def random_init_metrics(
+    prepared: Any, cfg: Config, device: torch.device, init_cfg: Config | None = None
+) -> dict[str, Any]:
+    """The network pretraining starts from, build_encoder(init_cfg) (default `cfg`; the
+    stage passes the checkpoint's config): clean kNN on its features and embeddings, and
+    the linear probe on its features."""
+    from invprop.checkpoint import build_encoder
+
+    init_cfg = init_cfg or cfg
+    start = time.perf_counter()
+    encoder = build_encoder(init_cfg).to(device).eval()
+    arrays: dict[str, np.ndarray] = {}
+    for split in (prepared.train, prepared.test):
+        features, embeddings = extract(encoder, split, prepared.meta, cfg, device)
+        arrays[f"{split.name}_features"] = features.numpy()
+        arrays[f"{split.name}_embeddings"] = embeddings.numpy()
+        arrays[f"{split.name}_labels"] = np.asarray(split.labels, dtype=np.int64)
+    seconds = round(time.perf_counter() - start, 3)
+    embedding_set = EmbeddingSet(
+        Path("<random init>"), arrays, {"num_classes": len(prepared.classes)}
+    )
+    out = representation_metrics(
+        "random_init", embedding_set, None, lambda: build_encoder(init_cfg), prepared, cfg, device
+    )
+    return {"random_init/extract/seconds": seconds} | out
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+def _check_embeddings(embeddings: EmbeddingSet, prepared: Any, what: str) -> None:
+    path = embeddings.folder / "embeddings.npz"
+    for split in (prepared.train, prepared.test):
+        labels = embeddings[f"{split.name}_labels"]
+        if labels.shape[0] != len(split.labels) or not np.array_equal(labels, split.labels):
+            raise InvpropError(
+                f"{path}: {split.name}_labels ({labels.shape[0]} rows) do not match "
+                f"{prepared.path} ({len(split.labels)} {split.name} images); the {what} "
+                "embeddings are from other data: rerun the embed stage (dvc repro embed)"
+            )
+
+
+def _bank_for(state: dict[str, Any], n_train: int, where: Path) -> Tensor:
+    bank = state.get("bank", {}).get("vectors") if isinstance(state.get("bank"), dict) else None
+    if not isinstance(bank, Tensor) or bank.dim() != 2:
+        raise InvpropError(f"{where} has no memory bank (bank.vectors); rerun pretraining")
+    if bank.shape[0] != n_train:
+        raise InvpropError(
+            f"{where}: the memory bank has {bank.shape[0]} rows but the train split has "
+            f"{n_train} images; the checkpoint is from other data: rerun pretraining"
+        )
+    return bank.float()
+
+
+def _load_run(
+    folder: Path, prepared: Any, cfg: Config, what: str, checkpoint: Path | None
+) -> tuple[EmbeddingSet, dict[str, Any] | None]:
+    """Load and cross-check an embeddings folder and (when given and present) its checkpoint."""
+    from invprop.checkpoint import checkpoint_config, file_sha256, load_checkpoint
+
+    embeddings = load_embeddings(folder)
+    _check_embeddings(embeddings, prepared, what)
+    if checkpoint is None or not checkpoint.is_file():
+        return embeddings, None
+    expected = embeddings.meta.get("checkpoint_sha256")
+    if expected is not None and expected != file_sha256(checkpoint):
+        raise InvpropError(
+            f"{folder}/meta.json was made from another version of {checkpoint} (sha256 "
+            "differs); rerun the embed stage (dvc repro embed)"
+        )
+    state = load_checkpoint(checkpoint)
+    check_compatible(checkpoint_config(state), cfg, prepared, str(checkpoint))
+    return embeddings, state
+
+
+def evaluate(
+    cfg: Config,
+    embeddings_dir: Path = EMBEDDINGS_DIR / "final",
+    checkpoint: Path = PRETRAIN_DIR / "final.pt",
+    prepared_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Compute every metric of the evaluate stage and return them as one flat dict."""
+    from invprop.checkpoint import checkpoint_config, encoder_from_checkpoint
+    from invprop.data import load_prepared
+
+    start = time.perf_counter()
+    device = resolve_device(cfg.pretrain.device)
+    prepared = load_prepared(prepared_dir or PREPARED_DIR / cfg.data.name)
+
+    # Everything is loaded and checked before any computation.
+    invp, state = _load_run(Path(embeddings_dir), prepared, cfg, "final", Path(checkpoint))
+    if state is None:
+        raise InvpropError(f"checkpoint not found: {checkpoint}; run the pretrain stage first")
+    bank = _bank_for(state, len(prepared.train), Path(checkpoint))
+    baselines = cfg.evaluate.baselines
+    instance: tuple[EmbeddingSet, Tensor | None, dict[str, Any] | None] | None = None
+    if baselines.instance_discrimination:
+        if not INSTANCE_DISCRIMINATION_DIR.is_dir():
+            raise InvpropError(
+                "evaluate.baselines.instance_discrimination is on but "
+                f"{INSTANCE_DISCRIMINATION_DIR}/ does not exist; run the instance-"
+                "discrimination pretraining and embed it there first (or turn the baseline off)"
+            )
+        # Its meta.json names the checkpoint it came from: with it, the bank kNN and the
+        # sgd_augmented probe can run too.
+        named = load_embeddings(INSTANCE_DISCRIMINATION_DIR).meta.get("checkpoint")
+        id_checkpoint = Path(named) if named else None
+        id_embeddings, id_state = _load_run(
+            INSTANCE_DISCRIMINATION_DIR, prepared, cfg, "instance_discrimination", id_checkpoint
+        )
+        id_bank = None
+        if id_state is not None and id_checkpoint is not None:
+            id_bank = _bank_for(id_state, len(prepared.train), id_checkpoint)
+        instance = (id_embeddings, id_bank, id_state)
+
+    metrics: dict[str, Any] = {"invp/epoch": int(state["epoch"])}
+    log(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
+    metrics |= representation_metrics(
+        "invp",
+        invp,
+        bank,
+        lambda: encoder_from_checkpoint(state, device)[0],
+        prepared,
+        cfg,
+        device,
+    )
+    if instance is not None:
+        log("instance_discrimination baseline")
+        embeddings, id_bank, id_state = instance
+        source = None
+        if id_state is not None:
+            source = lambda: encoder_from_checkpoint(id_state, device)[0]  # noqa: E731
+        metrics |= representation_metrics(
+            "instance_discrimination", embeddings, id_bank, source, prepared, cfg, device
+        )
+    else:
+        metrics["instance_discrimination/status"] = (
+            "not run (evaluate.baselines.instance_discrimination is off)"
+        )
+    if baselines.pixels:
+        log("pixels baseline")
+        metrics |= pixel_metrics(prepared, cfg, device)
+    else:
+        metrics["pixels/status"] = "not run (evaluate.baselines.pixels is off)"
+    if baselines.random_init:
+        log("random-init baseline")
+        metrics |= random_init_metrics(prepared, cfg, device, checkpoint_config(state))
+    else:
+        metrics["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
+
+    metrics |= {
+        "evaluate/seconds": round(time.perf_counter() - start, 3),
+        "evaluate/device": str(device),
+        "evaluate/num_classes": len(prepared.classes),
+        "evaluate/train_images": len(prepared.train),
+        "evaluate/test_images": len(prepared.test),
+    }
+    return metrics
+
+
+def run(cfg: Config) -> None:
+    """The evaluate stage: write reports/evaluate.json (flat keys, see the module doc)."""
+    metrics = evaluate(cfg)
+    write_json(REPORT, metrics)
+    headline = [
+        f"{key}={metrics[key]:.4f}"
+        for key in (
+            f"invp/knn_clean/embeddings/k{cfg.evaluate.knn_k[0]}/top1",
+            f"invp/knn_bank/k{cfg.evaluate.knn_k[0]}/top1",
+            "invp/linear/top1",
+        )
+    ]
+    log(f"{' '.join(headline)} -> {REPORT} ({metrics['evaluate/seconds']:.1f} s)")

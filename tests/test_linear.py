@@ -1,0 +1,129 @@
+"""The L-BFGS linear probe (invprop.linear): known answers, clean C selection, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from invprop.linear import (
+    fit_logistic,
+    linear_probe,
+    standardise,
+    stratified_split,
+    topk_accuracy,
+)
+
+
+def blobs(seed, n_per_class, classes=4, dim=10, spread=0.3, shift=5.0):
+    """Gaussian blobs around far-apart centres: linearly separable with margin."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * shift
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    x = centres[labels] + spread * torch.randn(labels.numel(), dim, generator=gen)
+    perm = torch.randperm(labels.numel(), generator=gen)
+    return x[perm] * 7 + 3, labels[perm]  # off-scale on purpose: the probe standardises
+
+
+def probe(train_x, train_y, test_x, test_y, classes, **kw):
+    options = {"c_grid": [0.01, 0.1, 1.0], "val_fraction": 0.2, "max_iter": 60, "seed": 0}
+    options.update(kw)
+    return linear_probe(train_x, train_y, test_x, test_y, classes, device="cpu", **options)
+
+
+def test_separable_blobs_are_classified_perfectly():
+    train_x, train_y = blobs(0, 60)
+    test_x, test_y = blobs(1, 50)
+    result = probe(train_x, train_y, test_x, test_y, 4)
+    assert result.top1 == 1.0 and result.top5 == 1.0
+    assert result.c in (0.01, 0.1, 1.0)
+    assert set(result.val_top1) == {"0.01", "0.1", "1.0"}
+
+
+def test_random_labels_give_chance():
+    gen = torch.Generator().manual_seed(3)
+    train_x, test_x = torch.randn(400, 20, generator=gen), torch.randn(800, 20, generator=gen)
+    train_y = torch.randint(0, 4, (400,), generator=gen)
+    test_y = torch.randint(0, 4, (800,), generator=gen)
+    result = probe(train_x, train_y, test_x, test_y, 4)
+    assert 0.15 < result.top1 < 0.35  # chance is 0.25
+
+
+def test_chosen_c_never_depends_on_test_labels():
+    # Noisy overlapping blobs, so that the held-out accuracy differs between Cs.
+    train_x, train_y = blobs(4, 40, dim=30, spread=12.0)
+    test_x, test_y = blobs(5, 40, dim=30, spread=12.0)
+    grid = [1e-4, 1e-2, 1.0, 100.0]
+    first = probe(train_x, train_y, test_x, test_y, 4, c_grid=grid)
+    shuffled = test_y[torch.randperm(test_y.numel(), generator=torch.Generator().manual_seed(0))]
+    second = probe(train_x, train_y, test_x, shuffled, 4, c_grid=grid)
+    assert first.c == second.c
+    assert first.val_top1 == second.val_top1
+    assert first.top1 != second.top1  # the test labels did change what is scored
+    # ...and the choice does depend on the train labels: it is really made on train.
+    assert len(set(first.val_top1.values())) > 1
+
+
+def test_two_runs_are_identical():
+    train_x, train_y = blobs(6, 30, spread=3.0)
+    test_x, test_y = blobs(7, 30, spread=3.0)
+    a = probe(train_x, train_y, test_x, test_y, 4)
+    b = probe(train_x, train_y, test_x, test_y, 4)
+    assert (a.top1, a.top5, a.c, a.val_top1) == (b.top1, b.top5, b.c, b.val_top1)
+    x = standardise(train_x)[0]
+    w1, b1 = fit_logistic(x, train_y, 4, 0.1, 50)
+    w2, b2 = fit_logistic(x, train_y, 4, 0.1, 50)
+    assert torch.equal(w1, w2) and torch.equal(b1, b2)
+
+
+def test_objective_is_sklearns_logistic_regression():
+    # Same C, same data: the same minimiser as sklearn's multinomial L2 logistic regression.
+    train_x, train_y = blobs(8, 50, classes=3, dim=5, spread=3.0)
+    x = standardise(train_x)[0]
+    weight, bias = fit_logistic(x, train_y, 3, 0.5, 500)
+    sk = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(x.numpy(), train_y.numpy())
+    np.testing.assert_allclose(weight.numpy(), sk.coef_, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(bias.numpy(), sk.intercept_, atol=2e-3, rtol=2e-3)
+
+
+def test_stronger_regularisation_shrinks_weights():
+    train_x, train_y = blobs(9, 30)
+    x = standardise(train_x)[0]
+    small = fit_logistic(x, train_y, 4, 0.001, 100)[0].norm()
+    large = fit_logistic(x, train_y, 4, 10.0, 100)[0].norm()
+    assert small < large
+
+
+def test_stratified_split_is_seeded_stratified_and_disjoint():
+    labels = np.repeat(np.arange(5), [10, 20, 30, 1, 40])
+    fit, val = stratified_split(labels, 0.1, seed=0)
+    assert np.intersect1d(fit, val).size == 0
+    assert np.union1d(fit, val).size == labels.size
+    assert np.bincount(labels[val], minlength=5).tolist() == [1, 2, 3, 0, 4]
+    again_fit, again_val = stratified_split(labels, 0.1, seed=0)
+    assert np.array_equal(val, again_val) and np.array_equal(fit, again_fit)
+    assert not np.array_equal(val, stratified_split(labels, 0.1, seed=1)[1])
+
+
+def test_unlabeled_train_rows_are_ignored():
+    train_x, train_y = blobs(10, 30)
+    test_x, test_y = blobs(11, 20)
+    noise = torch.randn(50, train_x.shape[1]) * 100
+    a = probe(train_x, train_y, test_x, test_y, 4)
+    b = probe(
+        torch.cat([train_x, noise]), torch.cat([train_y, torch.full((50,), -1)]), test_x, test_y, 4
+    )
+    assert (a.top1, a.c, a.val_top1) == (b.top1, b.c, b.val_top1)
+
+
+def test_topk_accuracy():
+    logits = torch.tensor([[3.0, 2, 1, 0, -1, -2], [0.0, 1, 2, 3, 4, 5]])
+    assert topk_accuracy(logits, torch.tensor([0, 0])) == (0.5, 0.5)
+    assert topk_accuracy(logits, torch.tensor([1, 1])) == (0.0, 1.0)
+
+
+def test_mismatched_rows_raise():
+    train_x, train_y = blobs(12, 10)
+    with pytest.raises(ValueError, match="disagree"):
+        probe(train_x, train_y[:-1], train_x, train_y, 4)
