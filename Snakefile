@@ -1,11 +1,13 @@
 # The invprop pipeline for Snakemake: the same stages, commands, inputs, outputs and
 # params as dvc.yaml (tests/test_pipeline_dag.py proves it).
-#   snakemake --cores 2                          # everything
-#   snakemake --cores 2 --config seed=1          # one override (written to the stages' params)
+#   snakemake --cores 2                                   # everything
+#   snakemake --cores 2 --workflow-profile profiles/local  # without mtime reruns
 configfile: "params.yaml"
 
 DATA = config["data"]["name"]
 TARGETS = config["transfer"]["targets"]
+TAGS = config["embed"]["tags"]
+PREPARED = f"data/prepared/{DATA}"
 
 
 def tracked(*keys):
@@ -19,10 +21,18 @@ def tracked(*keys):
     return values
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(names) or "^$"
+
+
 rule all:
     input:
-        f"data/prepared/{DATA}",
+        PREPARED,
         expand("data/prepared/{target}", target=TARGETS),
+        "reports/pretrain.json",
+        expand("artifacts/propagation/{tag}", tag=TAGS),
+        "reports/evaluate.json",
 
 
 rule prepare:
@@ -30,7 +40,7 @@ rule prepare:
         "stages/prepare.py",
         "invprop/data",
     output:
-        directory(f"data/prepared/{DATA}"),
+        directory(PREPARED),
         f"reports/prepare_{DATA}.json",
     params:
         tracked=tracked("seed", "data"),
@@ -46,8 +56,103 @@ rule prepare_target:
         directory("data/prepared/{target}"),
         "reports/prepare_{target}.json",
     wildcard_constraints:
-        target="|".join(TARGETS) or "^$",
+        target=one_of(TARGETS),
     params:
         tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
     shell:
         "python stages/prepare.py {wildcards.target}"
+
+
+rule pretrain:
+    input:
+        "stages/pretrain.py",
+        "invprop/train.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/augment.py",
+        PREPARED,
+    output:
+        # update(): kept between runs, so training resumes from last.pt.
+        update(directory("models/pretrain")),
+        "reports/pretrain.json",
+        directory("dvclive/pretrain/plots/metrics"),
+    params:
+        tracked=tracked("seed", "data", "model", "augment", "pretrain", "embed.batch_size"),
+    resources:
+        gpu=1,
+    shell:
+        "python stages/pretrain.py"
+
+
+rule embed:
+    input:
+        "stages/embed.py",
+        "invprop/embed.py",
+        "models/pretrain",
+        PREPARED,
+    output:
+        directory("artifacts/embeddings/{tag}"),
+        "reports/embed_{tag}.json",
+    wildcard_constraints:
+        tag=one_of(TAGS),
+    params:
+        tracked=tracked("data.image_size", "data.channels", "embed.batch_size", "pretrain.precision"),
+    resources:
+        gpu=1,
+    shell:
+        "python stages/embed.py {wildcards.tag}"
+
+
+rule graph:
+    input:
+        "stages/graph.py",
+        "invprop/graph.py",
+        "invprop/neighbours.py",
+        "artifacts/embeddings/{tag}",
+    output:
+        directory("artifacts/graph/{tag}"),
+        "reports/graph_{tag}.json",
+    wildcard_constraints:
+        tag=one_of(TAGS),
+    params:
+        tracked=tracked("graph"),
+    shell:
+        "python stages/graph.py {wildcards.tag}"
+
+
+rule propagate:
+    input:
+        "stages/propagate.py",
+        "invprop/propagation.py",
+        "artifacts/graph/{tag}",
+        "artifacts/embeddings/{tag}",
+        "models/pretrain",
+        PREPARED,
+    output:
+        directory("artifacts/propagation/{tag}"),
+        "reports/propagate_{tag}.json",
+    wildcard_constraints:
+        tag=one_of(TAGS),
+    params:
+        tracked=tracked("propagate"),
+    shell:
+        "python stages/propagate.py {wildcards.tag}"
+
+
+rule evaluate:
+    input:
+        "stages/evaluate.py",
+        "invprop/evaluate.py",
+        "invprop/knn.py",
+        "invprop/linear.py",
+        "artifacts/embeddings/final",
+        "models/pretrain",
+        PREPARED,
+    output:
+        "reports/evaluate.json",
+    params:
+        tracked=tracked("seed", "evaluate"),
+    resources:
+        gpu=1,
+    shell:
+        "python stages/evaluate.py"

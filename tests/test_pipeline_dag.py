@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 class Stage:
     cmd: str
     deps: frozenset[str]
-    outs: frozenset[str]
+    outs: frozenset[tuple[str, bool]]  # (path, kept between runs)
     params: frozenset[str]
 
 
@@ -39,7 +39,7 @@ def dvc_stages() -> dict[str, Stage]:
                 for dep in stage.deps
                 if dep.__class__.__name__ != "ParamsDependency"
             }
-            outs = {str(out.def_path) for out in stage.outs}
+            outs = {(str(out.def_path), bool(out.persist)) for out in stage.outs}
             stages[stage.addressing] = Stage(
                 stage.cmd, frozenset(deps), frozenset(outs), frozenset(params)
             )
@@ -93,9 +93,11 @@ def snakemake_stages() -> dict[str, Stage]:
         wildcards = [value.split("=", 1)[1] for value in field("wildcards")]
         name = "@".join([head.group(1), *wildcards])
         cmd = re.search(r"^Shell command: (.*)$", block, re.MULTILINE).group(1)
-        stages[name] = Stage(
-            cmd, frozenset(field("input")), frozenset(field("output")), params[head.group(1)]
-        )
+        # DVC's `persist: true` is Snakemake's update() flag, printed as "path (update)".
+        outs = {
+            (re.sub(r" \(update\)$", "", out), out.endswith(" (update)")) for out in field("output")
+        }
+        stages[name] = Stage(cmd, frozenset(field("input")), frozenset(outs), params[head.group(1)])
     return stages
 
 

@@ -1,0 +1,341 @@
+"""InvP pretraining: one readable loop, top to bottom.
+
+    for each epoch:
+        for each batch of indices (a seeded permutation of the train split):
+            augment on the data's device -> encoder -> S = v @ V^T (fp32)
+            L = L_ins + lambda * w(epoch) * L_inv      (OLD bank and table)
+            SGD step; then refresh the table rows and the bank rows of the batch
+        kNN monitor on the bank, dvclive log, last.pt (+ snapshot) written atomically
+
+Resuming: `models/pretrain/last.pt` carries everything (model, optimizer, bank, table,
+epoch, history) plus the hash of the params that shape training. A restart with the same
+params continues from it; with other params it starts afresh and says so. Every random
+draw is a function of (seed, epoch, sample index) or (seed, epoch), so an interrupted and
+resumed CPU run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invprop.augment import BatchAugment
+from invprop.checkpoint import (
+    CHECKPOINT_VERSION,
+    build_encoder,
+    load_checkpoint,
+    save_checkpoint,
+    training_hash,
+)
+from invprop.config import Config
+from invprop.data import PreparedDataset, load_prepared
+from invprop.embed import extract, normalisation, resolve_device
+from invprop.errors import InvpropError
+from invprop.io import write_json
+from invprop.knn import knn_accuracy
+from invprop.method import MemoryBank, invp_loss, propagate, ramp_weight
+from invprop.models import Encoder
+
+OUT_DIR = Path("models/pretrain")
+DVCLIVE_DIR = Path("dvclive/pretrain")
+MONITOR_K = 200
+MONITOR_TEMPERATURE = 0.07
+
+
+def log(message: str) -> None:
+    print(f"[pretrain] {message}", file=sys.stderr, flush=True)
+
+
+def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine (or constant) decay; a pure function of the step."""
+    p = cfg.pretrain
+    total = p.epochs * steps_per_epoch
+    warmup = p.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return p.lr * (step + 1) / warmup
+    if p.schedule == "constant":
+        return p.lr
+    return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """A seeded permutation of 0..n-1 cut into near-equal batches (none smaller than B/2)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    return list(torch.tensor_split(order, max(1, n // batch_size)))
+
+
+@dataclass
+class TrainState:
+    """Everything a resume restores, by name (DINO's restart_from_checkpoint, in one place)."""
+
+    encoder: Encoder
+    bank: MemoryBank
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    history: list[dict[str, float]] | None = None
+
+    def to_checkpoint(self, cfg: Config) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "params_hash": training_hash(cfg),
+            "config": cfg.to_dict(),
+            "model": _unwrapped(self.encoder).state_dict(),
+            "bank": self.bank.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": list(self.history or []),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        _unwrapped(self.encoder).load_state_dict(state["model"])
+        self.bank.load_state_dict(state["bank"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "_orig_mod", module)
+
+
+class TrainImages:
+    """The train split on the training device as uint8, converted to the model's channels."""
+
+    def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
+        if prepared.meta["format"] != "arrays":
+            raise InvpropError(
+                f"pretraining streams only array datasets so far; {prepared.meta['dataset']} is "
+                "an image-folder index"
+            )
+        from invprop.data import as_tensor, convert_channels
+
+        self.images = convert_channels(as_tensor(prepared.train), cfg.data.channels).to(device)
+        self.labels = torch.as_tensor(prepared.train.labels)
+        self.n = self.images.shape[0]
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in epoch_batches(self.n, batch_size, seed, epoch):
+            indices = indices.to(self.images.device)
+            yield self.images[indices], indices
+
+
+def check_fits(cfg: Config, n: int) -> None:
+    """Params that only make sense against the dataset's size, checked before any work."""
+    p = cfg.pretrain
+    if p.n_background > n:
+        raise InvpropError(
+            f"params: pretrain.n_background = {p.n_background} is larger than the memory bank "
+            f"({n} train images); lower it to at most {n}"
+        )
+    if p.knn_k + 1 >= n:
+        raise InvpropError(
+            f"params: pretrain.knn_k = {p.knn_k} needs more than {p.knn_k + 1} images"
+        )
+    if p.batch_size > n:
+        raise InvpropError(
+            f"params: pretrain.batch_size = {p.batch_size} exceeds the {n} train images"
+        )
+
+
+def resume_state(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start afresh (with the reason logged)."""
+    last = out_dir / "last.pt"
+    if not last.exists():
+        return None
+    try:
+        state = load_checkpoint(last)
+    except InvpropError as exc:
+        snapshots = sorted((out_dir / "snapshots").glob("epoch_*.pt"), reverse=True)
+        log(f"warning: {exc}")
+        for snapshot in snapshots:
+            try:
+                state = load_checkpoint(snapshot)
+            except InvpropError:
+                continue
+            log(f"warning: resuming from the last good snapshot {snapshot} instead")
+            break
+        else:
+            log("warning: no usable snapshot either; starting afresh")
+            return None
+    if state["params_hash"] != training_hash(cfg):
+        log(f"params changed since {last} was written; starting afresh")
+        return None
+    return state
+
+
+def monitor_knn(
+    encoder: Encoder,
+    bank: MemoryBank,
+    train_labels: torch.Tensor,
+    prepared: PreparedDataset,
+    cfg: Config,
+    device: torch.device,
+) -> float:
+    """The authors' kNN monitor: clean test embeddings against the memory bank (K=200)."""
+    _, test_embeddings = extract(
+        encoder, prepared.test, prepared.meta, cfg, device, cfg.embed.batch_size
+    )
+    result = knn_accuracy(
+        bank.vectors,
+        train_labels.to(device),
+        test_embeddings.to(device),
+        torch.as_tensor(prepared.test.labels).to(device),
+        [MONITOR_K],
+        MONITOR_TEMPERATURE,
+        len(prepared.classes),
+    )
+    return result[MONITOR_K]["top1"]
+
+
+def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) -> dict[str, Any]:
+    """Pretrain (or resume) and write last.pt, snapshots and final.pt; return the summary."""
+    p = cfg.pretrain
+    device = resolve_device(p.device)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    prepared = load_prepared(Path("data/prepared") / cfg.data.name)
+    data = TrainImages(prepared, cfg, device)
+    check_fits(cfg, data.n)
+    use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+
+    encoder = build_encoder(cfg).to(device)
+    if device.type == "cuda" and p.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
+    optimizer = torch.optim.SGD(
+        encoder.parameters(),
+        lr=p.lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        fused=device.type == "cuda",
+    )
+    state = TrainState(encoder, bank, optimizer, history=[])
+    mean, std = normalisation(prepared.meta, cfg.data.channels)
+    augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
+
+    previous = resume_state(cfg, out_dir)
+    if previous is not None:
+        state.restore(previous)
+        log(f"resuming from epoch {state.epoch} of {p.epochs}")
+    elif p.bank_init == "random":
+        bank.init_random(torch.Generator(device=device).manual_seed(cfg.seed))
+    else:
+        _, embeddings = extract(
+            encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
+        )
+        bank.init_from(embeddings.to(device))
+        log("bank and neighbour table filled by a forward pass of the initial network")
+    model = torch.compile(encoder) if p.compile else encoder
+
+    from dvclive import Live
+
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+    for row in state.history:  # replay, so the curves survive a resume
+        for name, value in row.items():
+            if name != "epoch":
+                live.log_metric(name, value, plot=True)
+        live.next_step()
+
+    batches_per_epoch = max(1, data.n // p.batch_size)
+    while state.epoch < p.epochs:
+        epoch = state.epoch + 1
+        weight = ramp_weight(epoch, p.ramp_epoch, p.lambda_inv) if p.invp else 0.0
+        model.train()
+        sums = torch.zeros(3, device=device)
+        start = time.perf_counter()
+        for step_in_epoch, (images, indices) in enumerate(
+            data.batches(p.batch_size, cfg.seed, epoch)
+        ):
+            lr = learning_rate(
+                cfg, state.epoch * batches_per_epoch + step_in_epoch, batches_per_epoch
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = augment(images, indices, cfg.seed, epoch)
+            if device.type == "cuda" and p.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                embeddings = model(x)
+            embeddings = embeddings.float()
+            sim = bank.similarities(embeddings)
+            prop = propagate(bank.neighbours, indices, p.hops, p.propagation) if weight else None
+            losses = invp_loss(
+                sim,
+                indices,
+                prop,
+                temperature=p.temperature,
+                n_background=p.n_background,
+                n_pos=p.n_pos,
+                weight=weight,
+                positives=p.positives,
+                background=p.background,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum)
+            sums += torch.stack(
+                [losses.total.detach(), losses.instance.detach(), losses.invariance.detach()]
+            )
+        seconds = time.perf_counter() - start
+        means = (sums / batches_per_epoch).tolist()  # one host sync per epoch
+        if not all(math.isfinite(v) for v in means):
+            raise InvpropError(
+                f"the loss became {means[0]} in epoch {epoch}; stopped without saving it. "
+                f"The last good checkpoint ({out_dir / 'last.pt'}, epoch {state.epoch}) is kept; "
+                "lower pretrain.lr or use precision fp32"
+            )
+        state.epoch = epoch
+        row = {
+            "epoch": epoch,
+            "loss": means[0],
+            "loss_instance": means[1],
+            "loss_invariance": means[2],
+            "lr": lr,
+            "images_per_second": data.n / seconds,
+            "epoch_seconds": seconds,
+        }
+        if p.monitor_knn:
+            row["knn_bank_top1"] = monitor_knn(encoder, bank, data.labels, prepared, cfg, device)
+        state.history.append(row)
+        for name, value in row.items():
+            if name != "epoch":
+                live.log_metric(name, value, plot=True)
+        live.next_step()
+        log(
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
+        checkpoint = state.to_checkpoint(cfg)
+        save_checkpoint(out_dir / "last.pt", checkpoint)
+        if epoch in p.snapshot_epochs:
+            save_checkpoint(out_dir / "snapshots" / f"epoch_{epoch:04d}.pt", checkpoint)
+    live.end()
+
+    save_checkpoint(out_dir / "final.pt", state.to_checkpoint(cfg))
+    last = state.history[-1]
+    summary = {
+        "epochs": state.epoch,
+        "device": str(device),
+        "train_images": data.n,
+        "final_loss": last["loss"],
+        "images_per_second": last["images_per_second"],
+        "knn_bank_top1": last.get("knn_bank_top1"),
+        "seconds": sum(r["epoch_seconds"] for r in state.history),
+    }
+    return summary
+
+
+def run(cfg: Config) -> None:
+    """The pretrain stage: train or resume, then write reports/pretrain.json."""
+    summary = train(cfg)
+    write_json("reports/pretrain.json", summary)

@@ -1,0 +1,196 @@
+"""The pretrain loop: resume after SIGKILL is bit-identical, params changes start afresh,
+non-finite losses stop the run and keep the last good checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from invprop import train as train_module
+from invprop.checkpoint import load_checkpoint, save_checkpoint
+from invprop.config import Config, config_from_dict
+from invprop.data.prepare import prepare
+from invprop.errors import InvpropError
+from invprop.train import epoch_batches, learning_rate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {"name": "synthetic", "image_size": 16, "train_limit": 192, "test_limit": 48},
+    "model": {"dim": 32},
+    "pretrain": {
+        "epochs": 3,
+        "batch_size": 32,
+        "n_background": 64,
+        "n_pos": 8,
+        "snapshot_epochs": [1],
+        "threads": 1,
+        "lr": 0.05,
+    },
+    "embed": {"tags": ["final"]},
+    "transfer": {"targets": []},
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding params.yaml and the prepared tiny dataset; the test runs inside it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    prepare(tiny_config(), "synthetic")
+    return tmp_path
+
+
+def tiny_config(*overrides: str) -> Config:
+    return config_from_dict(TINY, overrides)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return all(
+        torch.equal(a[key][name], b[key][name]) for key in ("model", "bank") for name in a[key]
+    )
+
+
+def test_epoch_batches_cover_every_index_once_and_are_seeded() -> None:
+    batches = epoch_batches(100, 32, seed=3, epoch=2)
+    assert sorted(torch.cat(batches).tolist()) == list(range(100))
+    assert all(16 <= len(b) <= 48 for b in batches)
+    assert torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=2)))
+    assert not torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=3)))
+
+
+def test_learning_rate_warms_up_then_follows_cosine() -> None:
+    cfg = tiny_config("pretrain.epochs=10", "pretrain.warmup_epochs=2", "pretrain.lr=1.0")
+    steps = 5
+    assert learning_rate(cfg, 0, steps) == pytest.approx(1 / 10)
+    assert learning_rate(cfg, 9, steps) == pytest.approx(1.0)
+    assert learning_rate(cfg, 10, steps) == pytest.approx(1.0)
+    assert learning_rate(cfg, 30, steps) == pytest.approx(0.5)
+    assert learning_rate(cfg, 49, steps) == pytest.approx(0.5 * (1 + math.cos(39 / 40 * math.pi)))
+
+
+def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
+    summary = train(tiny_config())
+    final = load_checkpoint("models/pretrain/final.pt")
+    assert final["epoch"] == 3 and summary["epochs"] == 3
+    assert load_checkpoint("models/pretrain/snapshots/epoch_0001.pt")["epoch"] == 1
+    assert [row["epoch"] for row in final["history"]] == [1, 2, 3]
+    bank = final["bank"]
+    assert bank["vectors"].shape == (192, 32) and bank["neighbours"].shape == (192, 4)
+    norms = bank["vectors"].norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert (bank["neighbours"] >= 0).all()
+    assert (bank["neighbours"] != torch.arange(192).unsqueeze(1)).all()
+    loss_tsv = (workdir / "dvclive/pretrain/plots/metrics/loss.tsv").read_text().splitlines()
+    assert len(loss_tsv) == 1 + 3
+
+
+def test_sigkilled_run_resumes_to_identical_weights_and_bank(workdir: Path) -> None:
+    reference = workdir / "reference"
+    reference.mkdir()
+    train(tiny_config(), out_dir=reference / "models", live_dir=reference / "live")
+
+    command = [sys.executable, str(ROOT / "stages/pretrain.py")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    last = workdir / "models/pretrain/last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert load_checkpoint(last)["epoch"] < 3
+
+    resumed = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "resuming from epoch" in resumed.stderr
+    assert states_equal(
+        load_checkpoint(reference / "models/final.pt"),
+        load_checkpoint(workdir / "models/pretrain/final.pt"),
+    )
+
+
+def test_changed_params_start_afresh_and_say_so(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train(tiny_config("pretrain.epochs=2"))
+    capsys.readouterr()
+    train(tiny_config("pretrain.epochs=2", "pretrain.lr=0.01"))
+    assert "params changed" in capsys.readouterr().err
+    assert [r["epoch"] for r in load_checkpoint("models/pretrain/final.pt")["history"]] == [1, 2]
+
+
+def test_bookkeeping_params_keep_the_run(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(tiny_config("pretrain.epochs=2"))
+    before = load_checkpoint("models/pretrain/final.pt")
+    capsys.readouterr()
+    train(tiny_config("pretrain.epochs=2", "pretrain.monitor_knn=false"))
+    assert "resuming from epoch 2 of 2" in capsys.readouterr().err
+    assert states_equal(before, load_checkpoint("models/pretrain/final.pt"))
+
+
+def test_truncated_last_checkpoint_falls_back_to_snapshot(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train(tiny_config("pretrain.epochs=2"))
+    last = workdir / "models/pretrain/last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    capsys.readouterr()
+    train(tiny_config("pretrain.epochs=2"))
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "epoch_0001.pt" in err
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train_module.ramp_weight
+
+    def poisoned(epoch: int, ramp_epoch: int, lambda_inv: float) -> float:
+        return float("nan") if epoch == 2 else real(epoch, ramp_epoch, lambda_inv)
+
+    monkeypatch.setattr(train_module, "ramp_weight", poisoned)
+    with pytest.raises(InvpropError, match=r"loss became nan in epoch 2.*epoch 1\) is kept"):
+        train(tiny_config())
+    assert load_checkpoint("models/pretrain/last.pt")["epoch"] == 1
+    assert not Path("models/pretrain/final.pt").exists()
+
+
+def test_background_larger_than_bank_is_refused_before_work(workdir: Path) -> None:
+    with pytest.raises(InvpropError, match=r"pretrain\.n_background = 500 is larger than"):
+        train(tiny_config("pretrain.n_background=500"))
+    assert not Path("models").exists()
+
+
+def test_pickled_payload_in_checkpoint_is_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):  # would run a command when unpickled
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"version": 1, "payload": Payload()}, path)
+    with pytest.raises(InvpropError, match="refusing to load it"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"version": 1, "epoch": 1})
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"version": 1, "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
