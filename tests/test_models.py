@@ -1,0 +1,126 @@
+"""Tests for invprop.models: registry, shapes, stems, heads, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from invprop.models import (
+    BACKBONES,
+    HEADS,
+    Encoder,
+    build_backbone,
+    build_head,
+    num_parameters,
+    register_backbone,
+)
+
+FEATURE_DIMS = {"small_cnn": 256, "resnet18_cifar": 512, "resnet50": 2048}
+
+
+def test_registry_lists_the_backbones():
+    assert set(FEATURE_DIMS) <= set(BACKBONES)
+    assert set(HEADS) == {"linear", "mlp"}
+
+
+@pytest.mark.parametrize(("channels", "size", "head"), [(1, 28, "linear"), (3, 32, "mlp")])
+@pytest.mark.parametrize("backbone", list(FEATURE_DIMS))
+def test_encoder_shapes_and_unit_norms(backbone, channels, size, head):
+    torch.manual_seed(0)
+    batch = 2 if backbone.startswith("resnet") else 4
+    encoder = Encoder(backbone, channels, head, 16)
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        features, z = encoder.embed(x)  # training mode (batch-statistics BN)
+        assert encoder.feature_dim == FEATURE_DIMS[backbone] == encoder.backbone.feature_dim
+        assert features.shape == (batch, FEATURE_DIMS[backbone])
+        assert z.shape == (batch, 16) and z.dtype == torch.float32
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(batch))
+        encoder.eval()  # deterministic BN: the three entry points must agree
+        features, z = encoder.embed(x)
+        torch.testing.assert_close(encoder(x), z)
+        torch.testing.assert_close(encoder.project(encoder.features(x)), z)
+
+
+def test_cifar_stem_is_stride_one_without_max_pool():
+    net = build_backbone("resnet18_cifar", 3)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert net.conv1.in_channels == 3
+    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["layer4"] = output.shape
+
+    net.layer4.register_forward_hook(record)
+    net.eval()(torch.zeros(1, 3, 32, 32))
+    assert seen["layer4"][-2:] == (4, 4)  # 32 / 8: only layers 2-4 downsample
+    assert build_backbone("resnet18_cifar", 1).conv1.in_channels == 1
+
+
+def test_resnet50_keeps_the_standard_stem_and_adapts_channels():
+    net = build_backbone("resnet50", 3)
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2)
+    assert isinstance(net.maxpool, nn.MaxPool2d)
+    grey = build_backbone("resnet50", 1)
+    assert grey.conv1.in_channels == 1 and grey.conv1.stride == (2, 2)
+
+
+def test_small_cnn_parameter_count():
+    n = num_parameters(build_backbone("small_cnn", 1))
+    assert 300_000 <= n <= 600_000, n
+    assert num_parameters(build_backbone("small_cnn", 3)) > n
+
+
+def test_heads():
+    assert isinstance(build_head("linear", 512, 128), nn.Linear)
+    mlp = build_head("mlp", 512, 128)
+    shapes = [tuple(m.weight.shape) for m in mlp if isinstance(m, nn.Linear)]
+    assert shapes == [(512, 512), (128, 512)]
+    assert any(isinstance(m, nn.BatchNorm1d) for m in mlp)
+    assert mlp(torch.randn(3, 512)).shape == (3, 128)
+
+
+def test_unknown_names_list_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown backbone 'vgg'.*resnet18_cifar.*small_cnn"):
+        Encoder("vgg", 3, "mlp", 128)
+    with pytest.raises(ValueError, match=r"unknown head 'deep'.*linear, mlp"):
+        Encoder("small_cnn", 3, "deep", 128)
+    with pytest.raises(ValueError, match=r"unknown head 'deep'"):
+        build_head("deep", 8, 4)
+
+
+def test_register_backbone_decorator():
+    @register_backbone("_test_tiny")
+    def tiny(in_channels: int) -> nn.Module:
+        net = nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        net.feature_dim = 8
+        return net
+
+    try:
+        assert BACKBONES["_test_tiny"] is tiny
+        assert Encoder("_test_tiny", 2, "linear", 4)(torch.randn(3, 2, 9, 9)).shape == (3, 4)
+        with pytest.raises(ValueError, match="already registered"):
+            register_backbone("_test_tiny")(tiny)
+    finally:
+        del BACKBONES["_test_tiny"]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "channels", "size"), [("small_cnn", 1, 28), ("resnet18_cifar", 3, 32)]
+)
+def test_backward_reaches_every_parameter(backbone, channels, size):
+    torch.manual_seed(0)
+    encoder = Encoder(backbone, channels, "mlp", 8)
+    z = encoder(torch.randn(4, channels, size, size))
+    (z @ torch.randn(8, 1)).sum().backward()
+    missing = [n for n, p in encoder.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing, missing
+
+
+def test_num_parameters_counts_trainable():
+    net = nn.Linear(10, 5)
+    assert num_parameters(net) == 55
+    net.bias.requires_grad_(False)
+    assert num_parameters(net, trainable_only=True) == 50
