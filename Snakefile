@@ -115,7 +115,7 @@ rule graph:
     wildcard_constraints:
         tag=one_of(TAGS),
     params:
-        tracked=tracked("graph"),
+        tracked=tracked("seed", "graph", "propagate.k"),
     shell:
         "python stages/graph.py {wildcards.tag}"
 

@@ -27,10 +27,21 @@ import torch
 
 from invprop.config import Config, config_from_dict
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, ensure_free_space
+from invprop.io import atomic_file, ensure_free_space, file_sha256
 
 if TYPE_CHECKING:
     from invprop.models import Encoder
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "build_encoder",
+    "checkpoint_config",
+    "encoder_from_checkpoint",
+    "file_sha256",
+    "load_checkpoint",
+    "save_checkpoint",
+    "training_hash",
+]
 
 CHECKPOINT_VERSION = 1
 
@@ -93,15 +104,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_config(state: dict[str, Any]) -> Config:
     """The validated config of the run that wrote `state`."""
     return config_from_dict(state["config"])
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, to tie derived artifacts to the checkpoint they came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_encoder(cfg: Config) -> Encoder:

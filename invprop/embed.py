@@ -35,7 +35,7 @@ from torch import Tensor
 
 from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, write_json
+from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, save_npz, write_json
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -53,7 +53,6 @@ __all__ = [
     "normalisation",
     "resolve_device",
     "run",
-    "save_npz",
 ]
 
 EMBEDDINGS_DIR = Path("artifacts/embeddings")
@@ -379,18 +378,6 @@ def embed_checkpoint(
         save_npz(tmp / "embeddings.npz", arrays)
         write_json(tmp / "meta.json", meta)
     return meta
-
-
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez (uncompressed, loadable with np.load), but byte-for-byte reproducible:
-    entries in sorted order with a fixed timestamp, so equal arrays give an equal file."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(arrays[key]), allow_pickle=False)
 
 
 def run(cfg: Config, *tags: str) -> None:

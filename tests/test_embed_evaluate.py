@@ -330,7 +330,7 @@ def test_evaluate_instance_discrimination(workdir):
 def test_evaluate_sgd_augmented_protocol(workdir):
     cfg = make_config(
         evaluate={
-            "linear": {"protocol": "sgd_augmented", "epochs": 3, "lr": 10.0, "batch_size": 8},
+            "linear": {"protocol": "sgd_augmented", "epochs": 8, "lr": 1.0, "batch_size": 8},
             "baselines": {"pixels": False, "random_init": True},
         }
     )

@@ -86,7 +86,7 @@ def snakemake_stages() -> dict[str, Stage]:
         if not head or head.group(1) == "all":
             continue
 
-        def field(name: str) -> list[str]:
+        def field(name: str, block: str = block) -> list[str]:
             found = re.search(rf"^\s+{name}: (.*)$", block, re.MULTILINE)
             return [v.strip() for v in found.group(1).split(",")] if found else []
 

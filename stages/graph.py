@@ -1,0 +1,8 @@
+"""Pipeline entry point of the graph stage; the logic lives in invprop.graph."""
+
+import sys
+
+from invprop.pipeline import main
+
+if __name__ == "__main__":
+    sys.exit(main("graph", sys.argv[1:]))
