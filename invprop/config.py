@@ -70,7 +70,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: Literal["small_cnn", "resnet18_cifar", "resnet50"] = "small_cnn"
-    head: Literal["linear", "mlp"] = "mlp"
+    head: Literal["linear", "mlp", "mlp_bn"] = "mlp"
     dim: int = _f(128, ge=2, le=4096)
 
 

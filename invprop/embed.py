@@ -151,6 +151,7 @@ def extract(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     out_device: str | torch.device = "cpu",
+    batch_statistics: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(features [N, F], embeddings [N, d]) of every image of `split`, in order, float32.
 
@@ -160,7 +161,8 @@ def extract(
     cfg.pretrain.precision allows it, channels_last when cfg.pretrain.channels_last; its
     train/eval mode is restored afterwards. "files" splits stream through a DataLoader with
     cfg.pretrain.num_workers workers. Results land on `out_device` (CPU by default, so a
-    1.28M-image split never has to fit on the GPU twice).
+    1.28M-image split never has to fit on the GPU twice). With `batch_statistics`, BatchNorm
+    layers use batch statistics, as in a training step, and refresh their running estimates.
     """
     from invprop.augment import center
 
@@ -178,7 +180,9 @@ def extract(
     pin = out_device.type == "cpu" and device.type == "cuda"
 
     was_training = encoder.training
-    encoder.eval()
+    # batch_statistics: BatchNorm normalises with each batch's statistics, as in training
+    # (and updates its running estimates); used to fill the memory bank before training.
+    encoder.train(batch_statistics)
     try:
         start = 0
         for images in _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers):

@@ -140,11 +140,23 @@ def _mlp_head(in_dim: int, dim: int) -> nn.Module:
     )
 
 
-HEADS: dict[str, Callable[[int, int], nn.Module]] = {"linear": _linear_head, "mlp": _mlp_head}
+def _mlp_bn_head(in_dim: int, dim: int) -> nn.Module:
+    # The MLP head with a BatchNorm on its output (as SimSiam and MoCo v3 do): embeddings are
+    # centred over the batch, so they spread out from the first step instead of starting
+    # almost collinear (mean cosine ~0.99 for a fresh small_cnn + mlp head).
+    return nn.Sequential(_mlp_head(in_dim, dim), nn.BatchNorm1d(dim, affine=False))
+
+
+HEADS: dict[str, Callable[[int, int], nn.Module]] = {
+    "linear": _linear_head,
+    "mlp": _mlp_head,
+    "mlp_bn": _mlp_bn_head,
+}
 
 
 def build_head(kind: str, in_dim: int, dim: int) -> nn.Module:
-    """Projection head: ``linear`` (in_dim -> dim) or ``mlp`` (in_dim-in_dim-dim, BN + ReLU)."""
+    """Projection head: ``linear`` (in_dim -> dim), ``mlp`` (in_dim-in_dim-dim, BN + ReLU, the
+    authors') or ``mlp_bn`` (the same with a BatchNorm on the output)."""
     if kind not in HEADS:
         raise _unknown("head", kind, HEADS)
     return HEADS[kind](in_dim, dim)

@@ -230,8 +230,16 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
     elif p.bank_init == "random":
         bank.init_random(torch.Generator(device=device).manual_seed(cfg.seed))
     else:
+        # Training-mode BatchNorm, so bank entries are what a training step would store;
+        # the pass also calibrates the running statistics the kNN monitor uses.
         _, embeddings = extract(
-            encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
+            encoder,
+            prepared.train,
+            prepared.meta,
+            cfg,
+            device,
+            cfg.embed.batch_size,
+            batch_statistics=True,
         )
         bank.init_from(embeddings.to(device))
         log("bank and neighbour table filled by a forward pass of the initial network")

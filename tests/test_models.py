@@ -21,7 +21,7 @@ FEATURE_DIMS = {"small_cnn": 256, "resnet18_cifar": 512, "resnet50": 2048}
 
 def test_registry_lists_the_backbones():
     assert set(FEATURE_DIMS) <= set(BACKBONES)
-    assert set(HEADS) == {"linear", "mlp"}
+    assert set(HEADS) == {"linear", "mlp", "mlp_bn"}
 
 
 @pytest.mark.parametrize(("channels", "size", "head"), [(1, 28, "linear"), (3, 32, "mlp")])
@@ -85,7 +85,7 @@ def test_heads():
 def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown backbone 'vgg'.*resnet18_cifar.*small_cnn"):
         Encoder("vgg", 3, "mlp", 128)
-    with pytest.raises(ValueError, match=r"unknown head 'deep'.*linear, mlp"):
+    with pytest.raises(ValueError, match=r"unknown head 'deep'.*linear, mlp, mlp_bn"):
         Encoder("small_cnn", 3, "deep", 128)
     with pytest.raises(ValueError, match=r"unknown head 'deep'"):
         build_head("deep", 8, 4)
@@ -124,3 +124,18 @@ def test_num_parameters_counts_trainable():
     assert num_parameters(net) == 55
     net.bias.requires_grad_(False)
     assert num_parameters(net, trainable_only=True) == 50
+
+
+def test_mlp_bn_head_centres_embeddings_over_the_batch() -> None:
+    torch.manual_seed(0)
+    features = torch.rand(256, 64) + 1.0  # all-positive, like pooled ReLU features
+    plain, centred = build_head("mlp", 64, 16), build_head("mlp_bn", 64, 16)
+    out = centred(features)
+    torch.testing.assert_close(out.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+
+    def cosine(z):
+        return (
+            torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(z, dim=1).T
+        ).mean()
+
+    assert cosine(out) < 0.1 < cosine(plain(features))
