@@ -40,7 +40,7 @@ from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
 from invprop.knn import knn_accuracy
-from invprop.method import MemoryBank, invp_loss, propagate, ramp_weight
+from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
 
 OUT_DIR = Path("models/pretrain")
@@ -129,6 +129,62 @@ class TrainImages:
             yield self.images[indices], indices
 
 
+def make_optimizer(cfg: Config, encoder: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay on every parameter (the authors' setting); fused
+    on CUDA. The learning rate is set per step by `learning_rate`."""
+    p = cfg.pretrain
+    cuda = next(encoder.parameters()).device.type == "cuda"
+    return torch.optim.SGD(
+        encoder.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, fused=cuda
+    )
+
+
+def training_step(
+    model: torch.nn.Module,
+    bank: MemoryBank,
+    optimizer: torch.optim.Optimizer,
+    augment: BatchAugment,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    cfg: Config,
+    epoch: int,
+    weight: float,
+) -> InvPLoss:
+    """One InvP step on a uint8 batch: augment, embed, losses with the OLD bank and table,
+    SGD step, then refresh the batch's table rows and bank rows. Returns detached losses.
+
+    Backbone in bf16 autocast when `pretrain.precision` allows (CUDA by default); the
+    similarities, exp and sums stay fp32. No host synchronisation.
+    """
+    p = cfg.pretrain
+    device = images.device
+    use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+    x = augment(images, indices, cfg.seed, epoch)
+    if device.type == "cuda" and p.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        embeddings = model(x)
+    embeddings = embeddings.float()
+    sim = bank.similarities(embeddings)
+    prop = propagate(bank.neighbours, indices, p.hops, p.propagation) if weight else None
+    losses = invp_loss(
+        sim,
+        indices,
+        prop,
+        temperature=p.temperature,
+        n_background=p.n_background,
+        n_pos=p.n_pos,
+        weight=weight,
+        positives=p.positives,
+        background=p.background,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()
+    optimizer.step()
+    bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum)
+    return InvPLoss(*(loss.detach() for loss in losses))
+
+
 def check_fits(cfg: Config, n: int) -> None:
     """Params that only make sense against the dataset's size, checked before any work."""
     p = cfg.pretrain
@@ -206,19 +262,12 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
     prepared = load_prepared(Path("data/prepared") / cfg.data.name)
     data = TrainImages(prepared, cfg, device)
     check_fits(cfg, data.n)
-    use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
 
     encoder = build_encoder(cfg).to(device)
     if device.type == "cuda" and p.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
-    optimizer = torch.optim.SGD(
-        encoder.parameters(),
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=p.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = normalisation(prepared.meta, cfg.data.channels)
     augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
@@ -269,32 +318,10 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = augment(images, indices, cfg.seed, epoch)
-            if device.type == "cuda" and p.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                embeddings = model(x)
-            embeddings = embeddings.float()
-            sim = bank.similarities(embeddings)
-            prop = propagate(bank.neighbours, indices, p.hops, p.propagation) if weight else None
-            losses = invp_loss(
-                sim,
-                indices,
-                prop,
-                temperature=p.temperature,
-                n_background=p.n_background,
-                n_pos=p.n_pos,
-                weight=weight,
-                positives=p.positives,
-                background=p.background,
+            losses = training_step(
+                model, bank, optimizer, augment, images, indices, cfg, epoch, weight
             )
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
-            bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum)
-            sums += torch.stack(
-                [losses.total.detach(), losses.instance.detach(), losses.invariance.detach()]
-            )
+            sums += torch.stack(losses)
         seconds = time.perf_counter() - start
         means = (sums / batches_per_epoch).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
