@@ -40,10 +40,34 @@ def _propagate_params(params: Path) -> Any:
     return load_config(params).propagate if params.exists() else Config().propagate
 
 
-def _inspect(tag: str, index: int, hops: int | None, params: Path, neighbours: bool) -> Any:
-    from invprop.inspect import inspect_anchor
+def _show_inspection(
+    tag: str,
+    index: int,
+    hops: int | None,
+    params: Path,
+    out: Path | None,
+    show: int,
+    as_json: bool,
+    neighbours: bool,
+) -> None:
+    """What `graph neighbours` and `propagate show` print (and draw, with --out)."""
+    from invprop.inspect import draw_grid, inspect_anchor
 
-    return inspect_anchor(tag, index, hops, _propagate_params(params), neighbours)
+    result, prepared = inspect_anchor(tag, index, hops, _propagate_params(params), neighbours)
+    if out is not None:
+        draw_grid(result, prepared, out, show)
+        result["png"] = str(out)
+    if as_json:
+        print_json(result)
+        return
+    title = (
+        f"image {index} ({result['class']}), graph {tag}"
+        if neighbours
+        else (f"positives of image {index} ({result['class']}), {tag}")
+    )
+    _print_inspection(result, title)
+    if out is not None:
+        typer.echo(f"wrote {out}")
 
 
 def _print_inspection(result: dict[str, Any], title: str) -> None:
@@ -87,18 +111,7 @@ def neighbours(
 
     Example: invprop graph neighbours 123 --out reports/neighbours_123.png
     """
-    result, prepared = _inspect(tag, index, None, params, neighbours=True)
-    if out is not None:
-        from invprop.inspect import draw_grid
-
-        draw_grid(result, prepared, out, show)
-        result["png"] = str(out)
-    if as_json:
-        print_json(result)
-    else:
-        _print_inspection(result, f"image {index} ({result['class']}), graph {tag}")
-        if out is not None:
-            typer.echo(f"wrote {out}")
+    _show_inspection(tag, index, None, params, out, show, as_json, neighbours=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,18 +197,7 @@ def show_positives(
 
     Example: invprop propagate show 123 --hops 2 --out reports/positives_123.png
     """
-    result, prepared = _inspect(tag, index, hops, params, neighbours=False)
-    if out is not None:
-        from invprop.inspect import draw_grid
-
-        draw_grid(result, prepared, out, show)
-        result["png"] = str(out)
-    if as_json:
-        print_json(result)
-    else:
-        _print_inspection(result, f"positives of image {index} ({result['class']}), {tag}")
-        if out is not None:
-            typer.echo(f"wrote {out}")
+    _show_inspection(tag, index, hops, params, out, show, as_json, neighbours=False)
 
 
 # ---------------------------------------------------------------------------------------
