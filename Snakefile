@@ -33,6 +33,7 @@ rule all:
         "reports/pretrain.json",
         expand("artifacts/propagation/{tag}", tag=TAGS),
         "reports/evaluate.json",
+        "reports/report.md",
 
 
 rule prepare:
@@ -80,6 +81,7 @@ rule pretrain:
         tracked=tracked("seed", "data", "model", "augment", "pretrain", "embed.batch_size"),
     resources:
         gpu=1,
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/pretrain.py"
 
@@ -99,6 +101,7 @@ rule embed:
         tracked=tracked("data.image_size", "data.channels", "embed.batch_size", "pretrain.precision"),
     resources:
         gpu=1,
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/embed.py {wildcards.tag}"
 
@@ -116,6 +119,7 @@ rule graph:
         tag=one_of(TAGS),
     params:
         tracked=tracked("seed", "graph", "propagate.k"),
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/graph.py {wildcards.tag}"
 
@@ -135,6 +139,7 @@ rule propagate:
         tag=one_of(TAGS),
     params:
         tracked=tracked("propagate"),
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/propagate.py {wildcards.tag}"
 
@@ -154,5 +159,36 @@ rule evaluate:
         tracked=tracked("seed", "evaluate"),
     resources:
         gpu=1,
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/evaluate.py"
+
+
+rule report:
+    input:
+        "stages/report.py",
+        "invprop/report.py",
+        "invprop/inspect.py",
+        "reports/evaluate.json",
+        "reports/pretrain.json",
+        f"reports/prepare_{DATA}.json",
+        "reports/embed_final.json",
+        "reports/graph_final.json",
+        "reports/propagate_final.json",
+        "dvclive/pretrain/plots/metrics",
+        "artifacts/embeddings/final",
+        "artifacts/graph/final",
+        "artifacts/propagation/final",
+        PREPARED,
+    output:
+        report("reports/report.md", category="Report"),
+        report(
+            directory("reports/figures"),
+            patterns=["{name}.png"],
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        tracked=tracked("seed", "data.name", "propagate", "report"),
+    shell:
+        "python stages/report.py"

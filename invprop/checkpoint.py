@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} holds pickled objects other than tensors and plain containers; "
             "refusing to load it (no code runs from a file). Re-create it with invprop"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as exc:
         raise InvpropError(
             f"checkpoint {path} is truncated or corrupt ({exc.__class__.__name__}); "
             "delete it and rerun pretraining (or restore it with `dvc checkout`)"

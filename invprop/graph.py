@@ -56,6 +56,9 @@ TAG_PATTERN = re.compile(r"^(final|epoch_\d{4})$")
 HUBS = 10
 
 
+RUN_KEYS = ("device", "search_seconds", "seconds")
+
+
 def check_tag(tag: str) -> str:
     if not TAG_PATTERN.match(tag):
         raise InvpropError(
@@ -264,7 +267,8 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     )
     with atomic_dir(out) as tmp:
         save_npz(tmp / "graph.npz", {"ids": built.ids, "sims": built.sims, "labels": emb.labels})
-        write_json(tmp / "stats.json", stats)
+        # Timings and the device go to the report only: equal inputs give an equal artifact.
+        write_json(tmp / "stats.json", {k: v for k, v in stats.items() if k not in RUN_KEYS})
     headline = headline_figures(stats, cfg.propagate.k)
     write_json(Path("reports") / f"graph_{tag}.json", headline)
     log(

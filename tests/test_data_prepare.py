@@ -56,7 +56,7 @@ def test_synthetic_artifact_and_meta(in_tmp, data_config):
         "train_limit": 100,
         "test_limit": 30,
     }
-    assert meta["prepare_seconds"] > 0 and meta["sources"] == []
+    assert "prepare_seconds" not in meta and meta["sources"] == []  # timings: report only
 
     ds = load_prepared(folder)
     images = np.asarray(ds.train.images)

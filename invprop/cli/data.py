@@ -68,7 +68,6 @@ def show(path: Path = PATH_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
         ("sources (sha256)", source_summary or "- (generated)"),
         ("data params hash", info["params"]["data_hash"]),
         ("seed", info["params"]["seed"]),
-        ("prepare time", f"{info.get('prepare_seconds', 0):.1f} s"),
     ]
     if "load" in info:
         rows.insert(3, ("load", info["load"]))

@@ -1,0 +1,511 @@
+"""Both orchestrators run the real pipeline end to end on tiny data (tests/pipeline_params.yaml).
+
+One DVC workspace serves the DVC checks (full run, no-op rerun, an experiment, a params
+change that reruns only what follows) and the check that Snakemake then has nothing to do;
+a second workspace runs Snakemake, whose metrics and artifacts must equal DVC's. Stage
+names come from dvc.yaml, so the tests follow the pipeline as stages are added.
+
+Each workspace is a copy of the pipeline files (dvc.yaml, Snakefile, stages/, invprop/,
+profiles/, .dvcignore) taken once per session, so both orchestrators run the same code
+even while the repository changes underneath. The stages import `invprop` from the copy
+(PYTHONPATH), so the code DVC hashes is the code that runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from invprop.config import config_from_dict, deep_merge
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY_PARAMS = Path(__file__).with_name("pipeline_params.yaml")
+PIPELINE_FILES = ("dvc.yaml", "Snakefile", ".dvcignore", "stages", "invprop", "profiles")
+# Metric keys that are fractions: accuracies, neighbour purity, coverage, recall.
+FRACTION_KEY = re.compile(r"(^|/|_)(top\d+|purity|coverage|recall|accuracy)(_|$)")
+# Keys that measure time or speed, never equal between two runs, and the sha256 of a
+# checkpoint, whose history keeps each epoch's time and images/s for the curves.
+TIMING_KEY = re.compile(r"second|timestamp|elapsed|^checkpoint_sha256$")
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run a command of the venv in `cwd`, stdout and stderr together in `.stdout`."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(cwd),
+        "DVC_NO_ANALYTICS": "1",
+        # Bytecode in invprop/ is covered by its own test below.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # Snakemake runs each job with OMP_NUM_THREADS = its threads (1 here); DVC passes
+        # the environment on. One thread for both, so float sums agree to the last bit.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    env.pop("SNAKEMAKE_PROFILE", None)
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(args)}` exited with {result.returncode} in {cwd}:\n"
+            + result.stdout[-6000:]
+        )
+    return result
+
+
+def commit(workspace: Path, message: str) -> None:
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], workspace)
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages DVC says it ran: `Running stage 'graph@final':`."""
+    return set(re.findall(r"^Running stage '([^']+)'", output, re.MULTILINE))
+
+
+def planned_rules(output: str) -> set[str]:
+    """Rules of the jobs a Snakemake (dry) run lists, without the target rule `all`."""
+    return set(re.findall(r"^(?:local)?rule (\w+):$", output, re.MULTILINE)) - {"all"}
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out |= flatten(value, f"{prefix}/{key}" if prefix else str(key))
+        return out
+    return {prefix: data}
+
+
+def without_timing(data: Any) -> Any:
+    """`data` (parsed JSON) without the keys that measure time."""
+    if isinstance(data, dict):
+        return {k: without_timing(v) for k, v in data.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(data, list):
+        return [without_timing(v) for v in data]
+    return data
+
+
+def set_param(workspace: Path, key: str, value: Any) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    node = params
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: frozenset[str]
+    outs: frozenset[str]
+    cached_outs: frozenset[str]
+    metrics: frozenset[str]
+    params: frozenset[str]
+
+
+def dvc_stages(workspace: Path) -> dict[str, Stage]:
+    """The stages of `workspace`'s dvc.yaml (foreach expanded), read through DVC itself."""
+    from dvc.repo import Repo
+
+    stages = {}
+    with Repo(str(workspace)) as repo:
+        for stage in repo.index.stages:
+            params = {
+                key
+                for dep in stage.deps
+                if dep.__class__.__name__ == "ParamsDependency"
+                for key in dep.params
+            }
+            deps = {
+                str(dep.def_path)
+                for dep in stage.deps
+                if dep.__class__.__name__ != "ParamsDependency"
+            }
+            stages[stage.name] = Stage(
+                stage.name,
+                frozenset(deps),
+                frozenset(str(out.def_path) for out in stage.outs),
+                frozenset(str(out.def_path) for out in stage.outs if out.use_cache),
+                frozenset(str(out.def_path) for out in stage.outs if out.metric),
+                frozenset(params),
+            )
+    return stages
+
+
+def within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def downstream(stages: dict[str, Stage], roots: set[str]) -> set[str]:
+    """`roots` and every stage that depends on their outputs, transitively."""
+    found = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for name, stage in stages.items():
+            if name in found:
+                continue
+            outs = [out for other in found for out in stages[other].outs]
+            if any(within(dep, out) or within(out, dep) for dep in stage.deps for out in outs):
+                found.add(name)
+                changed = True
+    return found
+
+
+def reads_param(stage: Stage, key: str) -> bool:
+    """Whether `stage` tracks params key `key` (directly or through its section)."""
+    return any(key == p or key.startswith(p + ".") for p in stage.params)
+
+
+def comparable_file(path: Path) -> Any:
+    """What must be equal between two runs: JSON without timings, checkpoints by tensors."""
+    if path.suffix == ".json":
+        return without_timing(json.loads(path.read_text()))
+    if path.suffix == ".pt":
+        from invprop.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path)
+        return {
+            "epoch": state["epoch"],
+            "params_hash": state["params_hash"],
+            "config": state["config"],
+            "history": without_timing(state.get("history")),
+            "tensors": {
+                f"{part}/{name}": tensor.numpy().tobytes()
+                for part in ("model", "bank")
+                for name, tensor in state[part].items()
+            },
+        }
+    return path.read_bytes()
+
+
+def artifact_files(workspace: Path, out: str) -> dict[str, Path]:
+    """The files of one output (a file or a folder), minus Snakemake's directory stamps."""
+    path = workspace / out
+    if path.is_file():
+        return {out: path}
+    return {
+        str(p.relative_to(workspace)): p
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != ".snakemake_timestamp"
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Workspaces
+
+
+def _require_tools() -> None:
+    for tool in ("dvc", "snakemake"):
+        if not (BIN / tool).exists():
+            pytest.skip(f"{tool} is not installed in {BIN}")
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+
+@pytest.fixture(scope="module")
+def pipeline_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline files, copied once, with params.yaml = repo params + tiny overlay."""
+    _require_tools()
+    base = tmp_path_factory.mktemp("pipeline")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake_timestamp")
+    for name in PIPELINE_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, base / name, ignore=ignore)
+        elif source.is_file():
+            shutil.copy2(source, base / name)
+    # Any other file a stage depends on (not made by a stage), e.g. a report template.
+    repo_stages = dvc_stages(ROOT).values()
+    made = [out for stage in repo_stages for out in stage.outs]
+    for stage in repo_stages:
+        for dep in stage.deps:
+            source, target = ROOT / dep, base / dep
+            if target.exists() or not source.exists() or any(within(dep, m) for m in made):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=ignore)
+            else:
+                shutil.copy2(source, target)
+    params = deep_merge(
+        yaml.safe_load((ROOT / "params.yaml").read_text()),
+        yaml.safe_load(TINY_PARAMS.read_text()),
+    )
+    config_from_dict(params)  # the tiny params must be valid for the current schema
+    (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (base / ".gitignore").write_text("__pycache__/\n.snakemake/\n")
+    return base
+
+
+def copy_workspace(source: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A copy of a workspace (git, DVC cache and all), without Snakemake's metadata."""
+    workspace = tmp_path_factory.mktemp(name)
+    shutil.copytree(
+        source,
+        workspace,
+        dirs_exist_ok=True,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".snakemake"),
+    )
+    return workspace
+
+
+@dataclass
+class DvcRun:
+    workspace: Path
+    first: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def dvc_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> DvcRun:
+    """A git + DVC repository of the pipeline after one `dvc repro`, committed."""
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "dvc")
+    run(["git", "init", "-q"], workspace)
+    run(["dvc", "init", "-q"], workspace)
+    commit(workspace, "pipeline")
+    first = run(["dvc", "repro"], workspace)
+    commit(workspace, "dvc repro")
+    return DvcRun(workspace, first)
+
+
+@pytest.fixture(scope="module")
+def snakemake_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same pipeline run by Snakemake with the local profile, in its own workspace."""
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake")
+    run(["snakemake", "--cores", "2", "--workflow-profile", "profiles/local"], workspace)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def stages(dvc_run: DvcRun) -> dict[str, Stage]:
+    return dvc_stages(dvc_run.workspace)
+
+
+# ---------------------------------------------------------------------------------------
+# DVC
+
+
+def test_dvc_repro_runs_every_stage_and_writes_fractions_in_range(
+    dvc_run: DvcRun, stages: dict[str, Stage]
+) -> None:
+    assert ran_stages(dvc_run.first.stdout) == set(stages)
+    workspace = dvc_run.workspace
+    for stage in stages.values():
+        for out in stage.outs:
+            assert (workspace / out).exists(), f"{stage.name} did not write {out}"
+    fractions = 0
+    for stage in stages.values():
+        for metric in stage.metrics:
+            values = flatten(json.loads((workspace / metric).read_text()))
+            for key, value in values.items():
+                if not FRACTION_KEY.search(key):
+                    continue
+                for number in value if isinstance(value, list) else [value]:
+                    if isinstance(number, int | float):
+                        assert 0 <= number <= 1, f"{metric}: {key} = {value}"
+                        fractions += 1
+    assert fractions > 0
+    evaluate = flatten(json.loads((workspace / "reports/evaluate.json").read_text()))
+    assert any(key.endswith("top1") for key in evaluate)
+
+
+def test_second_dvc_repro_does_nothing(dvc_run: DvcRun) -> None:
+    again = run(["dvc", "repro"], dvc_run.workspace)
+    assert ran_stages(again.stdout) == set(), again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+    status = run(["dvc", "status", "--json"], dvc_run.workspace)
+    assert json.loads(status.stdout) == {}
+
+
+def test_dvc_experiment_with_one_param_changed(dvc_run: DvcRun) -> None:
+    workspace = dvc_run.workspace
+    run(["dvc", "exp", "run", "--temp", "-S", "evaluate.knn_temperature=0.1"], workspace)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+
+    def experiments(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if node.get("name") and node.get("data", {}).get("params"):
+                yield node
+            for value in node.values():
+                yield from experiments(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from experiments(value)
+
+    found = [
+        exp
+        for exp in experiments(shown)
+        if exp["data"]["params"]["params.yaml"]["data"]["evaluate"]["knn_temperature"] == 0.1
+    ]
+    assert found, "dvc exp show lists no experiment with evaluate.knn_temperature = 0.1"
+    metrics = flatten(found[0]["data"]["metrics"]["reports/evaluate.json"]["data"])
+    top1 = [v for k, v in metrics.items() if k.endswith("top1")]
+    assert top1 and all(0 <= v <= 1 for v in top1)
+    # --temp leaves the workspace alone.
+    assert run(["git", "status", "--porcelain"], workspace).stdout == ""
+    assert json.loads(run(["dvc", "status", "--json"], workspace).stdout) == {}
+
+
+def test_changing_graph_k_reruns_only_graph_and_what_follows(
+    dvc_run: DvcRun, stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "graph_k")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    set_param(workspace, "graph.k", params["graph"]["k"] - 2)
+    result = run(["dvc", "repro"], workspace)
+
+    ran = ran_stages(result.stdout)
+    direct = {name for name, stage in stages.items() if reads_param(stage, "graph.k")}
+    graph_stages = {name for name in stages if name.split("@")[0] == "graph"}
+    propagate_stages = {name for name in stages if name.split("@")[0] == "propagate"}
+    assert graph_stages and graph_stages <= direct
+    # Everything that reads the graph reruns (its folder changed); nothing upstream does.
+    assert graph_stages | propagate_stages <= ran, result.stdout
+    assert ran <= downstream(stages, direct), result.stdout
+    upstream = {"prepare", "prepare_target", "pretrain", "embed", "evaluate"}
+    assert not {name for name in ran if name.split("@")[0] in upstream}, result.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# Snakemake
+
+
+def test_snakemake_gives_the_same_metrics_and_artifacts_as_dvc(
+    dvc_run: DvcRun, snakemake_run: Path, stages: dict[str, Stage]
+) -> None:
+    compared = 0
+    for stage in stages.values():
+        for metric in stage.metrics:
+            dvc_values = without_timing(json.loads((dvc_run.workspace / metric).read_text()))
+            smk_values = without_timing(json.loads((snakemake_run / metric).read_text()))
+            assert smk_values == dvc_values, metric
+            compared += 1
+        for out in stage.cached_outs:
+            dvc_files = artifact_files(dvc_run.workspace, out)
+            smk_files = artifact_files(snakemake_run, out)
+            assert sorted(smk_files) == sorted(dvc_files), out
+            for rel, path in dvc_files.items():
+                assert comparable_file(smk_files[rel]) == comparable_file(path), rel
+    assert compared
+    evaluate = flatten(json.loads((snakemake_run / "reports/evaluate.json").read_text()))
+    assert not any(math.isnan(v) for v in evaluate.values() if isinstance(v, float))
+
+
+def test_snakemake_has_nothing_to_do_after_its_own_run(snakemake_run: Path) -> None:
+    dry = run(["snakemake", "-n", "--workflow-profile", "profiles/local"], snakemake_run)
+    assert "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+
+
+def test_snakemake_has_nothing_to_do_after_a_dvc_run(dvc_run: DvcRun) -> None:
+    """Snakemake has no provenance for DVC's outputs; they exist and are newer than their
+    inputs (DVC ran the stages in order), so a dry run plans nothing."""
+    dry = run(["snakemake", "-n", "--workflow-profile", "profiles/local"], dvc_run.workspace)
+    assert planned_rules(dry.stdout) == set(), dry.stdout[-3000:]
+    assert "Nothing to be done" in dry.stdout
+
+
+@pytest.fixture(scope="module")
+def handed_over(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the DVC workspace after `snakemake --touch --forceall`: Snakemake records
+    its provenance (params, code, inputs) for the outputs DVC made."""
+    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "handover")
+    touch = ["snakemake", "--touch", "--forceall", "--cores", "1"]
+    run([*touch, "--workflow-profile", "profiles/local"], workspace)
+    return workspace
+
+
+def test_files_other_tools_write_do_not_change_dvc_status(
+    handed_over: Path, stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Snakemake stamps every directory output (.snakemake_timestamp) and Python writes
+    __pycache__/ into code folders that stages list as deps; DVC must ignore both."""
+    workspace = copy_workspace(handed_over, tmp_path_factory, "stamps")
+    assert list(workspace.glob("artifacts/**/.snakemake_timestamp"))
+    for stage in stages.values():
+        for dep in stage.deps:
+            if (workspace / dep).is_dir() and within(dep, "invprop"):
+                cache = workspace / dep / "__pycache__"
+                cache.mkdir(exist_ok=True)
+                (cache / "module.cpython-311.pyc").write_bytes(b"\0")
+    status = run(["dvc", "status", "--json"], workspace)
+    assert json.loads(status.stdout) == {}
+
+
+def test_after_touch_snakemake_reruns_only_what_a_param_change_needs(
+    handed_over: Path,
+) -> None:
+    set_param(handed_over, "graph.k", 5)
+    dry = run(["snakemake", "-n", "--workflow-profile", "profiles/local"], handed_over)
+    planned = planned_rules(dry.stdout)
+    assert {"graph", "propagate"} <= planned, dry.stdout[-3000:]
+    assert not planned & {"prepare", "prepare_target", "pretrain", "embed", "evaluate"}
+
+
+def test_slurm_profile_builds_the_dag_and_sends_gpu_rules_to_the_gpu_partition(
+    pipeline_copy: Path,
+) -> None:
+    profile = yaml.safe_load((pipeline_copy / "profiles/slurm/config.yaml").read_text())
+    assert "executor" not in profile, "the executor is chosen on the command line"
+    dry = run(
+        ["snakemake", "--dry-run", "--forceall", "--workflow-profile", "profiles/slurm"],
+        pipeline_copy,
+    )
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry.stdout)
+    jobs = 0
+    for block in blocks:
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head or head.group(1) == "all":
+            continue
+        rule = head.group(1)
+        line = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
+        assert line, block
+        resources = dict(item.split("=", 1) for item in line.group(1).split(", "))
+        for key in ("slurm_partition", "runtime", "mem_mb"):
+            assert key in resources, f"{rule}: no {key}"
+        if resources.get("gpu") == "1":
+            wanted = profile["set-resources"].get(rule, {}).get("slurm_partition")
+            assert wanted, f"GPU rule {rule} has no slurm_partition in profiles/slurm"
+            assert resources["slurm_partition"] == wanted
+            assert wanted != profile["default-resources"]["slurm_partition"]
+        jobs += 1
+    assert jobs > 0
+    for rule, resources in profile.get("set-resources", {}).items():
+        # The plugin refuses --gres/--gpus in slurm_extra: GPUs come from `gpu` (or `gres`).
+        assert not re.search(r"--(gres|gpus)\b", str(resources.get("slurm_extra", ""))), rule
