@@ -33,6 +33,7 @@ rule all:
         "reports/pretrain.json",
         expand("artifacts/propagation/{tag}", tag=TAGS),
         "reports/evaluate.json",
+        "reports/transfer.json",
         "reports/report.md",
 
 
@@ -164,12 +165,43 @@ rule evaluate:
         "python stages/evaluate.py"
 
 
+rule transfer:
+    input:
+        "stages/transfer.py",
+        "invprop/transfer.py",
+        "invprop/linear.py",
+        "models/pretrain",
+        PREPARED,
+        expand("data/prepared/{target}", target=TARGETS),
+    output:
+        directory("artifacts/transfer"),
+        "reports/transfer.json",
+    params:
+        tracked=tracked(
+            "seed",
+            "data.name",
+            "data.image_size",
+            "data.channels",
+            "transfer",
+            "evaluate.linear",
+            "evaluate.baselines.random_init",
+            "pretrain.precision",
+            "embed.batch_size",
+        ),
+    resources:
+        gpu=1,
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    shell:
+        "python stages/transfer.py"
+
+
 rule report:
     input:
         "stages/report.py",
         "invprop/report.py",
         "invprop/inspect.py",
         "reports/evaluate.json",
+        "reports/transfer.json",
         "reports/pretrain.json",
         f"reports/prepare_{DATA}.json",
         "reports/embed_final.json",

@@ -120,7 +120,7 @@ def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
     return out
 
 
-def _lbfgs(
+def lbfgs_probe(
     train_x: Tensor,
     train_y: Tensor,
     test_x: Tensor,
@@ -129,6 +129,8 @@ def _lbfgs(
     num_classes: int,
     device: torch.device,
 ) -> LinearProbeResult:
+    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
+    left out of the accuracy."""
     lin = cfg.evaluate.linear
     counted = test_y >= 0
     return linear_probe(
@@ -197,7 +199,7 @@ def representation_metrics(
     else:
         if cfg.evaluate.linear.protocol == "sgd_augmented":
             log(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
-        result = _lbfgs(
+        result = lbfgs_probe(
             _tensor(embeddings["train_features"]),
             train_y,
             _tensor(embeddings["test_features"]),
@@ -242,7 +244,7 @@ def pixel_metrics(prepared: Any, cfg: Config, device: torch.device) -> dict[str,
         num_classes,
         device,
     )
-    result = _lbfgs(train_x, train_y, test_x, test_y, cfg, num_classes, device)
+    result = lbfgs_probe(train_x, train_y, test_x, test_y, cfg, num_classes, device)
     if cfg.evaluate.linear.protocol != "lbfgs":
         log("pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)")
     return out | linear_metrics("pixels/linear", result)

@@ -237,7 +237,7 @@ def _linear_eval_augment(cfg: Config, height: int) -> Any:
     )
 
 
-class _ImageSource:
+class ImageSource:
     """uint8 image batches of a split on `device`, addressed by dataset index.
 
     "arrays": the whole split is copied to the device once (as pretraining does);
@@ -308,7 +308,7 @@ def sgd_augmented_probe(
     augment = BatchAugment(
         _linear_eval_augment(cfg, prepared.shape[1]), cfg.data.image_size, mean, std
     ).to(dev)
-    source = _ImageSource(prepared.train, cfg.data.channels, dev, cfg.pretrain.num_workers)
+    source = ImageSource(prepared.train, cfg.data.channels, dev, cfg.pretrain.num_workers)
 
     classifier = torch.nn.Linear(encoder.feature_dim, num_classes).to(dev)
     torch.nn.init.zeros_(classifier.weight)

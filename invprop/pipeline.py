@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "graph": "invprop.graph:run",
     "propagate": "invprop.propagation:run",
     "evaluate": "invprop.evaluate:run",
+    "transfer": "invprop.transfer:run",
     "report": "invprop.report:run",
 }
 
