@@ -1,0 +1,51 @@
+"""Atomic writes and the disk-space check every large artifact goes through."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invprop.errors import InvpropError
+from invprop.io import atomic_dir, ensure_free_space, file_sha256, load_npz, save_npz
+
+
+def test_failed_atomic_dir_keeps_previous_folder_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "artifact"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("good")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash halfway")
+    assert (target / "a.txt").read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_too_little_disk_space_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=100 * 2**20))
+    ensure_free_space(tmp_path, 10 * 2**20, "small thing")
+    with pytest.raises(
+        InvpropError,
+        match=r"not enough disk space for embeddings .* need about 500 MiB, 100 MiB free",
+    ):
+        ensure_free_space(tmp_path / "not" / "yet", 500 * 2**20, "embeddings")
+
+
+def test_save_npz_is_byte_reproducible_and_round_trips(tmp_path: Path) -> None:
+    arrays = {"b": np.arange(5, dtype=np.int64), "a": np.ones((2, 3), dtype=np.float32)}
+    save_npz(tmp_path / "one.npz", arrays)
+    save_npz(tmp_path / "two.npz", dict(reversed(arrays.items())))
+    assert file_sha256(tmp_path / "one.npz") == file_sha256(tmp_path / "two.npz")
+    loaded = load_npz(tmp_path / "one.npz")
+    assert all(np.array_equal(loaded[k], v) for k, v in arrays.items())
+
+
+def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InvpropError, match="unreadable"):
+        load_npz(tmp_path / "evil.npz", "graph")
