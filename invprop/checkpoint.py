@@ -81,6 +81,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise InvpropError(f"checkpoint not found: {path}; run the pretrain stage first")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise InvpropError(
+                f"{path} is not a torch checkpoint (not a zip archive); "
+                "pass a file written by the pretrain stage"
+            )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -88,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} holds pickled objects other than tensors and plain containers; "
             "refusing to load it (no code runs from a file). Re-create it with invprop"
         ) from exc
-    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise InvpropError(
             f"checkpoint {path} is truncated or corrupt ({exc.__class__.__name__}); "
             "delete it and rerun pretraining (or restore it with `dvc checkout`)"

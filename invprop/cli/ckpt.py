@@ -32,14 +32,7 @@ def _load(path: Path) -> dict[str, Any]:
     """Load `path` safely, as a one-line InvpropError when it is not an invprop checkpoint."""
     from invprop.checkpoint import load_checkpoint
 
-    try:
-        state = load_checkpoint(path)
-    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        # torch's legacy (non-zip) reader fails this way on text and other foreign files.
-        raise InvpropError(
-            f"{path} is not a torch checkpoint ({exc.__class__.__name__}); "
-            "pass a file written by the pretrain stage"
-        ) from exc
+    state = load_checkpoint(path)
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise InvpropError(
