@@ -17,25 +17,18 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from invprop.augment import AugmentConfig, BatchAugment
+from invprop.augment import BatchAugment
+from invprop.config import config_from_dict, read_yaml_mapping
 from invprop.models import Encoder
 
-# the authors' CIFAR recipe: RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.4)
-# always applied, RandomGrayscale(0.2), no flip, no blur
-CIFAR_RECIPE = AugmentConfig(
-    crop_scale=(0.2, 1.0),
-    flip_p=0.0,
-    jitter_p=1.0,
-    brightness=0.4,
-    contrast=0.4,
-    saturation=0.4,
-    hue=0.4,
-    grayscale_p=0.2,
-    blur_p=0.0,
-)
+# the authors' CIFAR recipe, as the cifar10-paper preset states it
+CIFAR_RECIPE = config_from_dict(
+    read_yaml_mapping(Path(__file__).parents[1] / "presets/cifar10-paper.yaml", "preset")
+).augment
 
 
 def timed(step: Callable[[int], None], device: torch.device, iters: int, args) -> float:

@@ -2,7 +2,7 @@
 
 One DVC workspace serves the DVC checks (full run, no-op rerun, an experiment, a params
 change that reruns only what follows) and the check that Snakemake then has nothing to do;
-a second workspace runs Snakemake, whose metrics and artifacts must equal DVC's. Stage
+a second workspace runs Snakemake, whose metrics and artifacts must equal DVC's. DvcStage
 names come from dvc.yaml, so the tests follow the pipeline as stages are added.
 
 Each workspace is a copy of the pipeline files (dvc.yaml, Snakefile, stages/, invprop/,
@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dvc_pipeline import DvcStage, dvc_stages
 
 from invprop.config import config_from_dict, deep_merge
 
@@ -129,50 +130,11 @@ def set_param(workspace: Path, key: str, value: Any) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    deps: frozenset[str]
-    outs: frozenset[str]
-    cached_outs: frozenset[str]
-    metrics: frozenset[str]
-    params: frozenset[str]
-
-
-def dvc_stages(workspace: Path) -> dict[str, Stage]:
-    """The stages of `workspace`'s dvc.yaml (foreach expanded), read through DVC itself."""
-    from dvc.repo import Repo
-
-    stages = {}
-    with Repo(str(workspace)) as repo:
-        for stage in repo.index.stages:
-            params = {
-                key
-                for dep in stage.deps
-                if dep.__class__.__name__ == "ParamsDependency"
-                for key in dep.params
-            }
-            deps = {
-                str(dep.def_path)
-                for dep in stage.deps
-                if dep.__class__.__name__ != "ParamsDependency"
-            }
-            stages[stage.name] = Stage(
-                stage.name,
-                frozenset(deps),
-                frozenset(str(out.def_path) for out in stage.outs),
-                frozenset(str(out.def_path) for out in stage.outs if out.use_cache),
-                frozenset(str(out.def_path) for out in stage.outs if out.metric),
-                frozenset(params),
-            )
-    return stages
-
-
 def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def downstream(stages: dict[str, Stage], roots: set[str]) -> set[str]:
+def downstream(stages: dict[str, DvcStage], roots: set[str]) -> set[str]:
     """`roots` and every stage that depends on their outputs, transitively."""
     found = set(roots)
     changed = True
@@ -188,7 +150,7 @@ def downstream(stages: dict[str, Stage], roots: set[str]) -> set[str]:
     return found
 
 
-def reads_param(stage: Stage, key: str) -> bool:
+def reads_param(stage: DvcStage, key: str) -> bool:
     """Whether `stage` tracks params key `key` (directly or through its section)."""
     return any(key == p or key.startswith(p + ".") for p in stage.params)
 
@@ -314,7 +276,7 @@ def snakemake_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def stages(dvc_run: DvcRun) -> dict[str, Stage]:
+def stages(dvc_run: DvcRun) -> dict[str, DvcStage]:
     return dvc_stages(dvc_run.workspace)
 
 
@@ -323,7 +285,7 @@ def stages(dvc_run: DvcRun) -> dict[str, Stage]:
 
 
 def test_dvc_repro_runs_every_stage_and_writes_fractions_in_range(
-    dvc_run: DvcRun, stages: dict[str, Stage]
+    dvc_run: DvcRun, stages: dict[str, DvcStage]
 ) -> None:
     assert ran_stages(dvc_run.first.stdout) == set(stages)
     workspace = dvc_run.workspace
@@ -384,7 +346,7 @@ def test_dvc_experiment_with_one_param_changed(dvc_run: DvcRun) -> None:
 
 
 def test_changing_graph_k_reruns_only_graph_and_what_follows(
-    dvc_run: DvcRun, stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory
+    dvc_run: DvcRun, stages: dict[str, DvcStage], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "graph_k")
     params = yaml.safe_load((workspace / "params.yaml").read_text())
@@ -408,7 +370,7 @@ def test_changing_graph_k_reruns_only_graph_and_what_follows(
 
 
 def test_snakemake_gives_the_same_metrics_and_artifacts_as_dvc(
-    dvc_run: DvcRun, snakemake_run: Path, stages: dict[str, Stage]
+    dvc_run: DvcRun, snakemake_run: Path, stages: dict[str, DvcStage]
 ) -> None:
     compared = 0
     for stage in stages.values():
@@ -417,7 +379,7 @@ def test_snakemake_gives_the_same_metrics_and_artifacts_as_dvc(
             smk_values = without_timing(json.loads((snakemake_run / metric).read_text()))
             assert smk_values == dvc_values, metric
             compared += 1
-        for out in stage.cached_outs:
+        for out in stage.cached:
             dvc_files = artifact_files(dvc_run.workspace, out)
             smk_files = artifact_files(snakemake_run, out)
             assert sorted(smk_files) == sorted(dvc_files), out
@@ -452,7 +414,7 @@ def handed_over(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_files_other_tools_write_do_not_change_dvc_status(
-    handed_over: Path, stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory
+    handed_over: Path, stages: dict[str, DvcStage], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Snakemake stamps every directory output (.snakemake_timestamp) and Python writes
     __pycache__/ into code folders that stages list as deps; DVC must ignore both."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dvc_pipeline import dvc_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -22,28 +23,17 @@ class Stage:
     params: frozenset[str]
 
 
-def dvc_stages() -> dict[str, Stage]:
-    from dvc.repo import Repo
-
-    stages = {}
-    with Repo(str(ROOT)) as repo:
-        for stage in repo.index.stages:
-            params = {
-                key
-                for dep in stage.deps
-                if dep.__class__.__name__ == "ParamsDependency"
-                for key in dep.params
-            }
-            deps = {
-                str(dep.def_path)
-                for dep in stage.deps
-                if dep.__class__.__name__ != "ParamsDependency"
-            }
-            outs = {(str(out.def_path), bool(out.persist)) for out in stage.outs}
-            stages[stage.addressing] = Stage(
-                stage.cmd, frozenset(deps), frozenset(outs), frozenset(params)
-            )
-    return stages
+def dvc_view() -> dict[str, Stage]:
+    """dvc.yaml's stages in the shape the Snakemake side is read into."""
+    return {
+        name: Stage(
+            stage.cmd,
+            stage.deps,
+            frozenset((out, out in stage.persisted) for out in stage.outs),
+            stage.params,
+        )
+        for name, stage in dvc_stages(ROOT).items()
+    }
 
 
 def snakemake_rule_params() -> dict[str, frozenset[str]]:
@@ -103,7 +93,7 @@ def snakemake_stages() -> dict[str, Stage]:
 
 @pytest.mark.slow
 def test_dvc_and_snakemake_describe_the_same_dag() -> None:
-    dvc = dvc_stages()
+    dvc = dvc_view()
     snake = snakemake_stages()
     outputs = {path for stage in dvc.values() for path, _ in stage.outs}
     assert sorted(dvc) == sorted(snake)
