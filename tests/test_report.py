@@ -431,3 +431,17 @@ def test_stage_entry_point_prints_a_missing_input_as_one_line(tmp_path, monkeypa
     assert err.count("\n") == 0
     assert "reports/evaluate.json not found; run the evaluate stage" in err
     assert not Path("reports").exists()  # nothing created before the inputs are checked
+
+
+def test_metrics_cli_shows_the_results_tables(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from invprop.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    Path("reports").mkdir()
+    Path("reports/evaluate.json").write_text(json.dumps(EVALUATE))
+    result = CliRunner().invoke(app, ["metrics", "--table", "--json"])
+    assert result.exit_code == 0, result.output
+    tables = json.loads(result.output)
+    assert tables[0]["rows"][0] == ["InvP", "81.2", "79.9", "80.5", "85.7"]

@@ -4,6 +4,7 @@
     invprop metrics reports/evaluate.json --json     # one file, machine-readable
     invprop metrics --rev HEAD~1                     # HEAD~1 against the workspace
     invprop metrics --rev v1 --rev v2                # two revisions and their difference
+    invprop metrics --table                          # the report's results tables
 
 Nested JSON is flattened with "/" (the evaluate stage already writes flat keys). A file
 at a revision is read with `git show REV:./path`; a revision or an explicitly named file
@@ -129,15 +130,33 @@ def _cell(value: Any) -> Any:
     return "-" if value is None else value
 
 
+TABLE_OPTION = typer.Option(
+    False, "--table", help="The report's results tables (InvP vs baselines, transfer, times)."
+)
+
+
 def metrics(
     files: list[Path] | None = FILES_ARGUMENT,
     rev: list[str] = REV_OPTION,
+    table: bool = TABLE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show metrics from reports/*.json, or compare them between git revisions.
 
-    Example: invprop metrics --rev HEAD~1 reports/evaluate.json
+    Example: invprop metrics --table; invprop metrics --rev HEAD~1 reports/evaluate.json
     """
+    if table:
+        from invprop.report import results_tables
+
+        tables = results_tables(REPORTS)
+        if as_json:
+            print_json([{"title": t.title, "columns": t.columns, "rows": t.rows} for t in tables])
+            return
+        for t in tables:
+            print_table(t.title, t.columns, t.rows)
+            for note in t.notes:
+                typer.echo(f"  {note}")
+        return
     if len(rev) > 2:
         raise InvpropError(f"--rev given {len(rev)} times; give it once (vs workspace) or twice")
     for name in rev:
