@@ -62,8 +62,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     estimate = sum(t.numel() * t.element_size() for t in _tensors(state))
     ensure_free_space(path.parent, estimate, f"checkpoint {path.name}")
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    # Saved through a file object: torch.save names the records inside the zip after the
+    # file it is given, and the temporary name differs on every write.
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
