@@ -245,3 +245,67 @@ def make_config(name: str = "synthetic", **data: object) -> Config:
 def data_config() -> Callable[..., Config]:
     """`data_config(name, **data)` builds a Config (see make_config)."""
     return make_config
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints written directly (no training), in the layout of invprop.checkpoint
+
+
+def exact_table(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k most similar other rows (dot product), most similar first."""
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def write_bank_checkpoint(
+    path: Path, epoch: int, vectors: np.ndarray, table: np.ndarray, cfg: Config
+) -> None:
+    """A checkpoint holding only what the propagate stage and bank stats read."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "version": 1,
+        "epoch": epoch,
+        "config": cfg.to_dict(),
+        "bank": {"vectors": torch.tensor(vectors), "neighbours": torch.tensor(table)},
+    }
+    torch.save(state, path)
+
+
+def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) -> None:
+    """A full checkpoint: the initial network perturbed with a fixed seed (so it differs
+    from the random-init baseline) and a bank filled by a forward pass or at random."""
+    import torch
+
+    from invprop.checkpoint import CHECKPOINT_VERSION, build_encoder, save_checkpoint, training_hash
+    from invprop.data import load_prepared
+    from invprop.embed import extract
+    from invprop.method import MemoryBank
+
+    encoder = build_encoder(cfg)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
+    prepared = load_prepared(Path("data/prepared") / cfg.data.name)
+    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.knn_k)
+    if bank_init == "forward":
+        bank.init_from(extract(encoder, prepared.train, prepared.meta, cfg, "cpu")[1])
+    else:
+        bank.init_random(torch.Generator().manual_seed(0))
+    save_checkpoint(
+        path,
+        {
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "params_hash": training_hash(cfg),
+            "config": cfg.to_dict(),
+            "model": encoder.state_dict(),
+            "bank": bank.state_dict(),
+            "optimizer": torch.optim.SGD(encoder.parameters(), lr=0.1).state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "history": [],
+        },
+    )

@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 import torch
 import typer
+from conftest import write_model_checkpoint
 from typer.testing import CliRunner
 
 from invprop import embed as embed_stage
 from invprop import evaluate as evaluate_stage
 from invprop.augment import center
 from invprop.checkpoint import (
-    CHECKPOINT_VERSION,
     build_encoder,
     encoder_from_checkpoint,
-    save_checkpoint,
     training_hash,
 )
 from invprop.cli import knn as knn_cli
@@ -32,7 +31,6 @@ from invprop.data.prepare import prepare
 from invprop.data.prepared import ImageFiles
 from invprop.embed import extract, load_embeddings, normalisation
 from invprop.errors import InvpropError
-from invprop.method.bank import MemoryBank
 
 N_TRAIN, N_TEST, K = 120, 60, [20, 1]
 
@@ -60,33 +58,6 @@ def make_config(**sections) -> Config:
     return config_from_dict(params)
 
 
-def write_checkpoint(cfg: Config, path: Path, epoch: int = 3) -> None:
-    """A checkpoint with the keys of invprop.checkpoint's docstring: a perturbed initial
-    network (so it differs from the random-init baseline) and a forward-filled bank."""
-    encoder = build_encoder(cfg)
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
-    prepared = load_prepared(Path("data/prepared") / cfg.data.name)
-    _, embeddings = extract(encoder, prepared.train, prepared.meta, cfg, "cpu")
-    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.knn_k)
-    bank.init_from(embeddings)
-    save_checkpoint(
-        path,
-        {
-            "version": CHECKPOINT_VERSION,
-            "epoch": epoch,
-            "params_hash": training_hash(cfg),
-            "config": cfg.to_dict(),
-            "model": encoder.state_dict(),
-            "bank": bank.state_dict(),
-            "optimizer": torch.optim.SGD(encoder.parameters(), lr=0.1).state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "history": [],
-        },
-    )
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project folder with prepared data, final.pt and the final embeddings."""
@@ -95,7 +66,7 @@ def project(tmp_path_factory) -> Path:
         mp.chdir(root)
         cfg = make_config()
         prepare(cfg, "synthetic")
-        write_checkpoint(cfg, Path("models/pretrain/final.pt"))
+        write_model_checkpoint(cfg, Path("models/pretrain/final.pt"), 3, "forward")
         embed_stage.run(cfg)
     return root
 
@@ -207,7 +178,7 @@ def test_embed_is_reproducible_byte_for_byte(workdir, project):
 
 def test_embed_snapshot_tag(workdir):
     cfg = make_config(pretrain={"snapshot_epochs": [2]}, embed={"tags": ["epoch_0002"]})
-    write_checkpoint(cfg, Path("models/pretrain/snapshots/epoch_0002.pt"), epoch=2)
+    write_model_checkpoint(cfg, Path("models/pretrain/snapshots/epoch_0002.pt"), 2, "forward")
     embed_stage.run(cfg)
     assert load_embeddings("artifacts/embeddings/epoch_0002").meta["epoch"] == 2
     assert Path("reports/embed_epoch_0002.json").is_file()
@@ -252,7 +223,7 @@ def test_embeddings_of_other_data_are_refused(workdir):
 
 
 def test_stale_embeddings_are_refused(workdir):
-    write_checkpoint(make_config(), Path("models/pretrain/final.pt"), epoch=4)
+    write_model_checkpoint(make_config(), Path("models/pretrain/final.pt"), 4, "forward")
     with pytest.raises(InvpropError, match="sha256"):
         evaluate_stage.run(make_config())
 

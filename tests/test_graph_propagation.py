@@ -14,6 +14,7 @@ import pytest
 import torch
 import typer
 import yaml
+from conftest import exact_table, write_bank_checkpoint
 from typer.testing import CliRunner
 
 from invprop import graph as graph_stage
@@ -288,23 +289,6 @@ def write_embeddings(folder: Path, train: np.ndarray, labels: np.ndarray, counts
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def write_checkpoint(path: Path, epoch: int, vectors: np.ndarray, table: np.ndarray, cfg) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "version": 1,
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "bank": {"vectors": torch.tensor(vectors), "neighbours": torch.tensor(table)},
-    }
-    torch.save(state, path)
-
-
-def exact_table(vectors: np.ndarray, k: int) -> np.ndarray:
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
-
-
 @contextlib.contextmanager
 def chdir(path: Path):
     before = os.getcwd()
@@ -345,7 +329,7 @@ def workspace(tmp_path_factory):
             path = Path("models/pretrain") / (
                 "final.pt" if tag == "final" else f"snapshots/epoch_{epoch:04d}.pt"
             )
-            write_checkpoint(path, epoch, vectors, table, cfg)
+            write_bank_checkpoint(path, epoch, vectors, table, cfg)
         graph_stats = graph_stage.run(cfg, "final")
         prop_stats = propagation.run(cfg, "final")
     return {

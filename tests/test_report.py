@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exact_table, write_bank_checkpoint
 from PIL import Image
 
 from invprop import report
@@ -94,22 +95,6 @@ def write_tsv(name: str, values: list[float]) -> None:
     (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
 
 
-def write_checkpoint(path: Path, epoch: int, vectors: np.ndarray, k: int, cfg) -> None:
-    import torch
-
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    table = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "version": 1,
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "bank": {"vectors": torch.tensor(vectors), "neighbours": torch.tensor(table)},
-    }
-    torch.save(state, path)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Every required input, from the real graph and propagate stages on digits pixels;
@@ -173,7 +158,9 @@ def full(base, tmp_path_factory):
         for epoch, noise in ((1, 2.0), (2, 0.5), (3, 0.1)):
             vectors = unit(train + noise * rng.standard_normal(train.shape) / 8)
             name = "final.pt" if epoch == 3 else f"snapshots/epoch_{epoch:04d}.pt"
-            write_checkpoint(Path("models/pretrain") / name, epoch, vectors, 4, cfg)
+            write_bank_checkpoint(
+                Path("models/pretrain") / name, epoch, vectors, exact_table(vectors, 4), cfg
+            )
         propagation.run(cfg, "final")
         evaluate = dict(EVALUATE)
         del evaluate["instance_discrimination/status"]

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_model_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invprop import transfer as transfer_stage
-from invprop.checkpoint import CHECKPOINT_VERSION, build_encoder, save_checkpoint, training_hash
+from invprop.checkpoint import build_encoder
 from invprop.config import Config, config_from_dict
 from invprop.data import load_prepared
 from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.method.bank import MemoryBank
 from invprop.transfer import (
     balanced_subset,
     finetune,
@@ -58,33 +58,6 @@ def make_config(**sections) -> Config:
     return config_from_dict(params)
 
 
-def write_checkpoint(cfg: Config, path: Path, epoch: int = 2) -> None:
-    """A checkpoint with the keys of invprop.checkpoint's docstring (a perturbed initial
-    network, so it differs from the random-init baseline)."""
-    encoder = build_encoder(cfg)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
-    n_train = len(load_prepared(Path("data/prepared") / cfg.data.name).train)
-    bank = MemoryBank(n_train, cfg.model.dim, cfg.pretrain.knn_k)
-    bank.init_random(torch.Generator().manual_seed(0))
-    save_checkpoint(
-        path,
-        {
-            "version": CHECKPOINT_VERSION,
-            "epoch": epoch,
-            "params_hash": training_hash(cfg),
-            "config": cfg.to_dict(),
-            "model": encoder.state_dict(),
-            "bank": bank.state_dict(),
-            "optimizer": torch.optim.SGD(encoder.parameters(), lr=0.1).state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "history": [],
-        },
-    )
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """One CPU thread (the stage sets pretrain.threads = 1 too), restored afterwards: on
@@ -104,7 +77,7 @@ def project(tmp_path_factory) -> Path:
         cfg = make_config()
         prepare(cfg, "synthetic")
         prepare(cfg, "digits")
-        write_checkpoint(cfg, Path("models/pretrain/final.pt"))
+        write_model_checkpoint(cfg, Path("models/pretrain/final.pt"), 2, "random")
     return root
 
 
