@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 from collections import deque
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -287,16 +286,6 @@ def write_embeddings(folder: Path, train: np.ndarray, labels: np.ndarray, counts
         "counts": counts or {"train": len(labels), "test": 5},
     }
     (folder / "meta.json").write_text(json.dumps(meta))
-
-
-@contextlib.contextmanager
-def chdir(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,10 @@ is absent, clear errors for what is required, and byte-identical reruns."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -70,16 +69,6 @@ TRANSFER = {  # the keys invprop/transfer.py writes
     "random_init/transfer/digits/linear/top1": 0.5,
     "transfer/seconds": 7.0,
 }
-
-
-@contextlib.contextmanager
-def chdir(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
