@@ -69,6 +69,7 @@ rule pretrain:
     input:
         "stages/pretrain.py",
         "invprop/train.py",
+        "invprop/data/loader.py",
         "invprop/method",
         "invprop/models.py",
         "invprop/augment.py",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from invprop.checkpoint import (
 )
 from invprop.config import Config
 from invprop.data import PreparedDataset, load_prepared
+from invprop.data.loader import train_source
 from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
@@ -63,13 +63,6 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     if p.schedule == "constant":
         return p.lr
     return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """A seeded permutation of 0..n-1 cut into near-equal batches (none smaller than B/2)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator)
-    return list(torch.tensor_split(order, max(1, n // batch_size)))
 
 
 @dataclass
@@ -104,29 +97,6 @@ class TrainState:
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "_orig_mod", module)
-
-
-class TrainImages:
-    """The train split on the training device as uint8, converted to the model's channels."""
-
-    def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
-        if prepared.meta["format"] != "arrays":
-            raise InvpropError(
-                f"pretraining streams only array datasets so far; {prepared.meta['dataset']} is "
-                "an image-folder index"
-            )
-        from invprop.data import as_tensor, convert_channels
-
-        self.images = convert_channels(as_tensor(prepared.train), cfg.data.channels).to(device)
-        self.labels = torch.as_tensor(prepared.train.labels)
-        self.n = self.images.shape[0]
-
-    def batches(
-        self, batch_size: int, seed: int, epoch: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for indices in epoch_batches(self.n, batch_size, seed, epoch):
-            indices = indices.to(self.images.device)
-            yield self.images[indices], indices
 
 
 def make_optimizer(cfg: Config, encoder: torch.nn.Module) -> torch.optim.Optimizer:
@@ -260,7 +230,7 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
     if p.threads:
         torch.set_num_threads(p.threads)
     prepared = load_prepared(Path("data/prepared") / cfg.data.name)
-    data = TrainImages(prepared, cfg, device)
+    data = train_source(prepared, cfg, device)
     check_fits(cfg, data.n)
 
     encoder = build_encoder(cfg).to(device)

@@ -196,7 +196,7 @@ class FinetuneResult:
 def finetune_steps(n: int, epochs: int, batch_size: int) -> tuple[int, int]:
     """(steps per pass, total steps) for fine-tuning on `n` images.
 
-    A pass is `invprop.train.epoch_batches`' max(1, n // batch_size) batches; an epoch is
+    A pass is `invprop.data.loader.epoch_batches`' max(1, n // batch_size) batches; an epoch is
     one pass or MIN_STEPS_PER_EPOCH steps, whichever is more; training runs `epochs` epochs.
     """
     per_pass = max(1, n // batch_size)
@@ -232,8 +232,8 @@ def finetune(
     loss and the classifier's output are fp32. Test rows labelled -1 are not scored.
     """
     from invprop.augment import BatchAugment
+    from invprop.data.loader import epoch_batches
     from invprop.linear import ImageSource, topk_accuracy
-    from invprop.train import epoch_batches
 
     start = time.perf_counter()
     ft = cfg.transfer.finetune

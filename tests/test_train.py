@@ -18,9 +18,10 @@ import yaml
 from invprop import train as train_module
 from invprop.checkpoint import load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
+from invprop.data.loader import epoch_batches, rank_shard
 from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import epoch_batches, learning_rate, train
+from invprop.train import learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,15 @@ def test_epoch_batches_cover_every_index_once_and_are_seeded() -> None:
     assert all(16 <= len(b) <= 48 for b in batches)
     assert torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=2)))
     assert not torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=3)))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rank_shards_split_a_global_batch_in_rank_order(world_size: int) -> None:
+    batch = torch.arange(100, 129)  # 29 indices: shares of 10/10/9 for three ranks
+    shards = [rank_shard(batch, rank, world_size) for rank in range(world_size)]
+    assert torch.equal(torch.cat(shards), batch)
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
 
 
 def test_learning_rate_warms_up_then_follows_cosine() -> None:
