@@ -88,6 +88,41 @@ rule pretrain:
         "python stages/pretrain.py"
 
 
+# The baseline InvP is measured against: the same recipe with pretrain.invp false.
+# Trains only when evaluate.baselines.instance_discrimination is on (invprop/baseline.py).
+rule instance_discrimination:
+    input:
+        "stages/instance_discrimination.py",
+        "invprop/baseline.py",
+        "invprop/train.py",
+        "invprop/data/loader.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/augment.py",
+        "invprop/embed.py",
+        PREPARED,
+    output:
+        update(directory("models/instance_discrimination")),
+        directory("artifacts/embeddings/instance_discrimination"),
+        "reports/instance_discrimination.json",
+        directory("dvclive/instance_discrimination/plots/metrics"),
+    params:
+        tracked=tracked(
+            "seed",
+            "data",
+            "model",
+            "augment",
+            "pretrain",
+            "embed.batch_size",
+            "evaluate.baselines.instance_discrimination",
+        ),
+    resources:
+        gpu=1,
+    threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    shell:
+        "python stages/instance_discrimination.py"
+
+
 rule embed:
     input:
         "stages/embed.py",
@@ -154,6 +189,8 @@ rule evaluate:
         "invprop/linear.py",
         "artifacts/embeddings/final",
         "models/pretrain",
+        "artifacts/embeddings/instance_discrimination",
+        "models/instance_discrimination",
         PREPARED,
     output:
         "reports/evaluate.json",

@@ -1,7 +1,8 @@
 """The evaluate stage: kNN, linear probe and baselines -> flat `reports/evaluate.json`.
 
 Reads `artifacts/embeddings/final/` (embed stage), `models/pretrain/final.pt` (its memory
-bank) and `data/prepared/<data.name>/` (labels, and images for the baselines). Every input
+bank), `data/prepared/<data.name>/` (labels, and images for the baselines) and, when that
+baseline is on, `artifacts/embeddings/instance_discrimination/` (invprop.baseline). Every input
 is checked before any work starts, with errors that name the file and the stage to rerun.
 
 Keys (all flat, "/"-separated, so DVC metrics, the report and `invprop metrics` read them
@@ -36,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop.baseline import NOT_RUN
+from invprop.baseline import OUT_DIR as INSTANCE_DISCRIMINATION_DIR
 from invprop.config import Config
 from invprop.embed import (
     EMBEDDINGS_DIR,
@@ -64,7 +67,6 @@ __all__ = [
 ]
 
 REPORT = Path("reports/evaluate.json")
-INSTANCE_DISCRIMINATION_DIR = EMBEDDINGS_DIR / "instance_discrimination"
 # The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
 PIXEL_BUDGET_BYTES = 4 << 30
 
@@ -348,11 +350,11 @@ def evaluate(
     baselines = cfg.evaluate.baselines
     instance: tuple[EmbeddingSet, Tensor | None, dict[str, Any] | None] | None = None
     if baselines.instance_discrimination:
-        if not INSTANCE_DISCRIMINATION_DIR.is_dir():
+        if not (INSTANCE_DISCRIMINATION_DIR / "embeddings.npz").is_file():
             raise InvpropError(
                 "evaluate.baselines.instance_discrimination is on but "
-                f"{INSTANCE_DISCRIMINATION_DIR}/ does not exist; run the instance-"
-                "discrimination pretraining and embed it there first (or turn the baseline off)"
+                f"{INSTANCE_DISCRIMINATION_DIR}/ holds no embeddings; run its stage first "
+                "(dvc repro instance_discrimination) or turn the baseline off"
             )
         # Its meta.json names the checkpoint it came from: with it, the bank kNN and the
         # sgd_augmented probe can run too.
@@ -387,9 +389,7 @@ def evaluate(
             "instance_discrimination", embeddings, id_bank, source, prepared, cfg, device
         )
     else:
-        metrics["instance_discrimination/status"] = (
-            "not run (evaluate.baselines.instance_discrimination is off)"
-        )
+        metrics["instance_discrimination/status"] = NOT_RUN
     if baselines.pixels:
         log("pixels baseline")
         metrics |= pixel_metrics(prepared, cfg, device)

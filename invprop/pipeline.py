@@ -20,6 +20,7 @@ from invprop.errors import InvpropError
 STAGES: dict[str, str] = {
     "prepare": "invprop.data.prepare:run",
     "pretrain": "invprop.train:run",
+    "instance_discrimination": "invprop.baseline:run",
     "embed": "invprop.embed:run",
     "graph": "invprop.graph:run",
     "propagate": "invprop.propagation:run",

@@ -15,17 +15,20 @@ import typer
 from conftest import write_model_checkpoint
 from typer.testing import CliRunner
 
+from invprop import baseline
 from invprop import embed as embed_stage
 from invprop import evaluate as evaluate_stage
 from invprop.augment import center
 from invprop.checkpoint import (
     build_encoder,
+    checkpoint_config,
     encoder_from_checkpoint,
+    load_checkpoint,
     training_hash,
 )
 from invprop.cli import knn as knn_cli
 from invprop.cli import metrics as metrics_cli
-from invprop.config import Config, config_from_dict
+from invprop.config import Config, config_diff, config_from_dict
 from invprop.data import Split, convert_channels, load_prepared
 from invprop.data.prepare import prepare
 from invprop.data.prepared import ImageFiles
@@ -287,15 +290,43 @@ def test_evaluate_bank_knn_uses_the_bank(workdir):
     assert metrics["random_init/status"] == "not run (evaluate.baselines.random_init is off)"
 
 
-def test_evaluate_instance_discrimination(workdir):
+def test_instance_discrimination_stage_off_records_why_and_trains_nothing(workdir):
+    baseline.run(make_config())
+    assert json.loads((baseline.OUT_DIR / "status.json").read_text()) == {
+        "status": baseline.NOT_RUN
+    }
+    assert sorted(p.name for p in baseline.OUT_DIR.iterdir()) == ["status.json"]
+    for folder in (baseline.MODEL_DIR, baseline.LIVE_DIR / "plots" / "metrics"):
+        assert folder.is_dir() and not any(folder.iterdir())
+    assert json.loads(baseline.REPORT.read_text()) == {"status": baseline.NOT_RUN}
+
+
+def test_instance_discrimination_stage_trains_invp_off_and_evaluate_scores_it(workdir):
+    one_epoch = {"epochs": 1, "batch_size": 30, "snapshot_epochs": []}
     on = {"instance_discrimination": True, "pixels": False, "random_init": False}
-    cfg = make_config(evaluate={"baselines": on})
-    with pytest.raises(InvpropError, match=r"instance_discrimination.*does not exist"):
+    cfg = make_config(pretrain=one_epoch, evaluate={"baselines": on})
+    baseline.run(make_config(pretrain=one_epoch))  # off: only status.json
+    with pytest.raises(InvpropError, match=r"instance_discrimination/ holds no embeddings"):
         evaluate_stage.run(cfg)
-    shutil.copytree("artifacts/embeddings/final", "artifacts/embeddings/instance_discrimination")
+
+    baseline.run(cfg)
+    state = load_checkpoint(baseline.MODEL_DIR / "final.pt")
+    assert config_diff(cfg, checkpoint_config(state)) == {"pretrain.invp": (True, False)}
+    assert state["history"][0]["loss_invariance"] == 0.0
+    embeddings = load_embeddings(baseline.OUT_DIR)
+    assert embeddings.meta["checkpoint"] == str(baseline.MODEL_DIR / "final.pt")
+    invp = load_embeddings("artifacts/embeddings/final")
+    assert embeddings.arrays["train_embeddings"].shape == invp.arrays["train_embeddings"].shape
+    assert not np.array_equal(
+        embeddings.arrays["train_embeddings"], invp.arrays["train_embeddings"]
+    )
+    assert not (baseline.OUT_DIR / "status.json").exists()
+    assert json.loads(baseline.REPORT.read_text())["epochs"] == 1
+
     metrics = evaluate_stage.evaluate(cfg)
     assert expected_keys("instance_discrimination", bank=True) <= set(metrics)
-    assert metrics["instance_discrimination/linear/top1"] == metrics["invp/linear/top1"]
+    assert "instance_discrimination/status" not in metrics
+    assert 0.0 <= metrics["instance_discrimination/knn_bank/k20/top1"] <= 1.0
 
 
 def test_evaluate_sgd_augmented_protocol(workdir):
