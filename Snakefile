@@ -7,6 +7,8 @@ configfile: "params.yaml"
 DATA = config["data"]["name"]
 TARGETS = config["transfer"]["targets"]
 TAGS = config["embed"]["tags"]
+# pretrain.processes > 1: the training rules start DDP with one process per GPU.
+TRAINING_GPUS = config["pretrain"]["processes"]
 PREPARED = f"data/prepared/{DATA}"
 
 
@@ -82,7 +84,7 @@ rule pretrain:
     params:
         tracked=tracked("seed", "data", "model", "augment", "pretrain", "embed.batch_size"),
     resources:
-        gpu=1,
+        gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/pretrain.py"
@@ -117,7 +119,7 @@ rule instance_discrimination:
             "evaluate.baselines.instance_discrimination",
         ),
     resources:
-        gpu=1,
+        gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     shell:
         "python stages/instance_discrimination.py"

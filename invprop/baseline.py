@@ -59,10 +59,15 @@ def run(cfg: Config) -> None:
         log(f"{NOT_RUN}; wrote {OUT_DIR}/status.json")
         return
 
+    from invprop.distributed import Ranks, relaunched
     from invprop.train import train
 
+    if relaunched("instance_discrimination", cfg):
+        return
     baseline = instance_config(cfg)
     summary = train(baseline, MODEL_DIR, LIVE_DIR)
+    if not Ranks.from_env().is_main:  # rank 0 embeds and reports
+        return
     meta = embed_checkpoint(baseline, MODEL_DIR / "final.pt", OUT_DIR, "instance_discrimination")
     write_json(REPORT, summary | {"embeddings": str(OUT_DIR), "dims": meta["dims"]})
     log(f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> {OUT_DIR}")

@@ -46,7 +46,17 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 
 # Pretrain keys that do not change what training computes: editing them keeps a run.
-BOOKKEEPING_KEYS = ("snapshot_epochs", "device", "threads", "num_workers", "monitor_knn", "compile")
+# Params that change how a run is carried out, not what it computes (processes: DDP gives
+# the same training up to float noise, tests/test_distributed.py).
+BOOKKEEPING_KEYS = (
+    "snapshot_epochs",
+    "device",
+    "threads",
+    "num_workers",
+    "processes",
+    "monitor_knn",
+    "compile",
+)
 
 
 def training_hash(cfg: Config) -> str:

@@ -120,6 +120,7 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = _f(None, ge=1)
     num_workers: int = _f(0, ge=0)
+    processes: int = _f(1, ge=1)
     monitor_knn: bool = True
 
 

@@ -68,3 +68,8 @@ def main(name: str, argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"invprop {name}: done in {seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # `python -m invprop.pipeline <stage> ...`, as torchrun starts it
+    stage, *options = sys.argv[1:] or [""]
+    sys.exit(main(stage, options))

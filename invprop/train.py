@@ -12,6 +12,12 @@ epoch, history) plus the hash of the params that shape training. A restart with 
 params continues from it; with other params it starts afresh and says so. Every random
 draw is a function of (seed, epoch, sample index) or (seed, epoch), so an interrupted and
 resumed CPU run ends bit-identical to an uninterrupted one.
+
+Several GPUs (`pretrain.processes: N`, or `torchrun --nproc_per_node=N stages/pretrain.py`):
+each rank trains on its contiguous share of every global batch, with BatchNorm over the
+global batch, and gathers the other ranks' bank and table rows after each step, so all
+ranks hold the same bank and the run equals one process with the same batch up to float
+noise (tests/test_distributed.py); rank 0 alone writes checkpoints, curves and progress.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from invprop.augment import BatchAugment
 from invprop.checkpoint import (
@@ -35,7 +42,17 @@ from invprop.checkpoint import (
 )
 from invprop.config import Config
 from invprop.data import PreparedDataset, load_prepared
-from invprop.data.loader import train_source
+from invprop.data.loader import batch_sizes, train_source
+from invprop.distributed import (
+    Ranks,
+    all_gather_rows,
+    all_reduce_sum,
+    broadcast_,
+    process_group,
+    rank_device,
+    relaunched,
+    sync_batchnorm,
+)
 from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
@@ -50,7 +67,17 @@ MONITOR_TEMPERATURE = 0.07
 
 
 def log(message: str) -> None:
-    print(f"[pretrain] {message}", file=sys.stderr, flush=True)
+    """Progress on stderr, from rank 0 only under torchrun."""
+    if Ranks.from_env().is_main:
+        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
+
+
+def log_row(live: Any, row: dict[str, float]) -> None:
+    """One epoch's row of figures as a dvclive step."""
+    for name, value in row.items():
+        if name != "epoch":
+            live.log_metric(name, value, plot=True)
+    live.next_step()
 
 
 def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
@@ -119,9 +146,15 @@ def training_step(
     cfg: Config,
     epoch: int,
     weight: float,
+    loss_scale: float = 1.0,
 ) -> InvPLoss:
     """One InvP step on a uint8 batch: augment, embed, losses with the OLD bank and table,
     SGD step, then refresh the batch's table rows and bank rows. Returns detached losses.
+
+    Under DDP `images` are this rank's share of the global batch; with `loss_scale` =
+    world size x share / global batch size, DDP's gradient average is the gradient of
+    the global batch mean even when shares differ by one, and the bank update gathers
+    every rank's rows, so all ranks keep the same bank.
 
     Backbone in bf16 autocast when `pretrain.precision` allows (CUDA by default); the
     similarities, exp and sums stay fp32. No host synchronisation.
@@ -149,15 +182,21 @@ def training_step(
         background=p.background,
     )
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
+    (losses.total * loss_scale).backward()
     optimizer.step()
-    bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum)
+    bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum, all_gather_rows)
     return InvPLoss(*(loss.detach() for loss in losses))
 
 
-def check_fits(cfg: Config, n: int) -> None:
-    """Params that only make sense against the dataset's size, checked before any work."""
+def check_fits(cfg: Config, n: int, world_size: int = 1) -> None:
+    """Params that only make sense against the dataset's size (and the number of
+    processes), checked before any work."""
     p = cfg.pretrain
+    if p.batch_size < world_size:
+        raise InvpropError(
+            f"params: pretrain.batch_size = {p.batch_size} is smaller than the {world_size} "
+            "training processes; each needs at least one image of every batch"
+        )
     if p.n_background > n:
         raise InvpropError(
             f"params: pretrain.n_background = {p.n_background} is larger than the memory bank "
@@ -224,18 +263,32 @@ def monitor_knn(
 
 
 def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) -> dict[str, Any]:
-    """Pretrain (or resume) and write last.pt, snapshots and final.pt; return the summary."""
+    """Pretrain (or resume) and write last.pt, snapshots and final.pt; return the summary.
+
+    Under torchrun every rank runs this: each trains on its share of every global batch,
+    and rank 0 alone writes checkpoints and curves.
+    """
+    ranks = Ranks.from_env()
+    device = rank_device(resolve_device(cfg.pretrain.device), ranks)
+    with process_group(ranks, device):
+        return _train(cfg, out_dir, live_dir, ranks, device)
+
+
+def _train(
+    cfg: Config, out_dir: Path, live_dir: Path, ranks: Ranks, device: torch.device
+) -> dict[str, Any]:
     p = cfg.pretrain
-    device = resolve_device(p.device)
     if p.threads:
         torch.set_num_threads(p.threads)
     prepared = load_prepared(Path("data/prepared") / cfg.data.name)
     data = train_source(prepared, cfg, device)
-    check_fits(cfg, data.n)
+    check_fits(cfg, data.n, ranks.world_size)
 
     encoder = build_encoder(cfg).to(device)
     if device.type == "cuda" and p.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
+    if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
+        encoder = sync_batchnorm(encoder, device)
     bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
     optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
@@ -262,18 +315,24 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
         )
         bank.init_from(embeddings.to(device))
         log("bank and neighbour table filled by a forward pass of the initial network")
-    model = torch.compile(encoder) if p.compile else encoder
+    broadcast_(bank.vectors, bank.neighbours)  # GPUs may differ in the last bit
+    model: torch.nn.Module = encoder
+    if ranks.distributed:  # DDP also starts every rank from rank 0's weights
+        device_ids = [device] if device.type == "cuda" else None
+        model = DistributedDataParallel(encoder, device_ids=device_ids)
+    if p.compile:
+        model = torch.compile(model)
 
-    from dvclive import Live
+    live = None
+    if ranks.is_main:
+        from dvclive import Live
 
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
-    for row in state.history:  # replay, so the curves survive a resume
-        for name, value in row.items():
-            if name != "epoch":
-                live.log_metric(name, value, plot=True)
-        live.next_step()
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+        for row in state.history:  # replay, so the curves survive a resume
+            log_row(live, row)
 
     batches_per_epoch = max(1, data.n // p.batch_size)
+    global_sizes = batch_sizes(data.n, p.batch_size)
     while state.epoch < p.epochs:
         epoch = state.epoch + 1
         weight = ramp_weight(epoch, p.ramp_epoch, p.lambda_inv) if p.invp else 0.0
@@ -281,18 +340,30 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
         sums = torch.zeros(3, device=device)
         start = time.perf_counter()
         for step_in_epoch, (images, indices) in enumerate(
-            data.batches(p.batch_size, cfg.seed, epoch)
+            data.batches(p.batch_size, cfg.seed, epoch, ranks.rank, ranks.world_size)
         ):
             lr = learning_rate(
                 cfg, state.epoch * batches_per_epoch + step_in_epoch, batches_per_epoch
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            # This rank's share of the global batch mean (1 for a single process).
+            share = len(indices) / global_sizes[step_in_epoch]
             losses = training_step(
-                model, bank, optimizer, augment, images, indices, cfg, epoch, weight
+                model,
+                bank,
+                optimizer,
+                augment,
+                images,
+                indices,
+                cfg,
+                epoch,
+                weight,
+                loss_scale=share * ranks.world_size,
             )
-            sums += torch.stack(losses)
+            sums += torch.stack(losses) * share
         seconds = time.perf_counter() - start
+        all_reduce_sum(sums)
         means = (sums / batches_per_epoch).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
             raise InvpropError(
@@ -310,13 +381,12 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
             "images_per_second": data.n / seconds,
             "epoch_seconds": seconds,
         }
+        state.history.append(row)
+        if not ranks.is_main:  # the others' bank and weights equal rank 0's
+            continue
         if p.monitor_knn:
             row["knn_bank_top1"] = monitor_knn(encoder, bank, data.labels, prepared, cfg, device)
-        state.history.append(row)
-        for name, value in row.items():
-            if name != "epoch":
-                live.log_metric(name, value, plot=True)
-        live.next_step()
+        log_row(live, row)
         log(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
@@ -324,9 +394,11 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
         save_checkpoint(out_dir / "last.pt", checkpoint)
         if epoch in p.snapshot_epochs:
             save_checkpoint(out_dir / "snapshots" / f"epoch_{epoch:04d}.pt", checkpoint)
-    live.end()
 
-    save_checkpoint(out_dir / "final.pt", state.to_checkpoint(cfg))
+    if live is not None:
+        live.end()
+    if ranks.is_main:
+        save_checkpoint(out_dir / "final.pt", state.to_checkpoint(cfg))
     last = state.history[-1]
     summary = {
         "epochs": state.epoch,
@@ -341,6 +413,9 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
 
 
 def run(cfg: Config) -> None:
-    """The pretrain stage: train or resume, then write reports/pretrain.json."""
+    """The pretrain stage: train or resume, then write reports/pretrain.json (rank 0)."""
+    if relaunched("pretrain", cfg):
+        return
     summary = train(cfg)
-    write_json("reports/pretrain.json", summary)
+    if Ranks.from_env().is_main:
+        write_json("reports/pretrain.json", summary)

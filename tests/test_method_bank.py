@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -108,6 +109,31 @@ def test_update_matches_reference_and_excludes_self() -> None:
     assert torch.equal(bank.vectors[rest], old[rest])  # other rows untouched
     assert torch.equal(bank.neighbours[rest], old_table[rest])
     assert 4 not in bank.neighbours[4].tolist()
+
+
+def test_update_with_gathered_shares_equals_update_of_the_whole_batch() -> None:
+    # Two ranks each hold half of a batch; with `gather` joining their rows, each rank's
+    # bank ends as one process's bank after the whole batch (what DDP relies on).
+    g = torch.Generator().manual_seed(5)
+    bank = MemoryBank(40, 6, 3)
+    bank.init_random(g)
+    idx = torch.tensor([3, 31, 8, 12, 0, 27])
+    emb = torch.randn(6, 6, generator=g)
+    sim = bank_similarities(F.normalize(emb, dim=1), bank.vectors)
+    whole = copy.deepcopy(bank)
+    whole.update(idx, emb, sim, 0.5)
+
+    sent: list[torch.Tensor] = []  # what rank 1 contributes, in the order update gathers
+
+    def record(rows: torch.Tensor) -> torch.Tensor:
+        sent.append(rows)
+        return rows
+
+    copy.deepcopy(bank).update(idx[3:], emb[3:], sim[3:], 0.5, gather=record)
+    received = iter(sent)
+    bank.update(idx[:3], emb[:3], sim[:3], 0.5, gather=lambda t: torch.cat([t, next(received)]))
+    assert torch.equal(bank.neighbours, whole.neighbours)
+    torch.testing.assert_close(bank.vectors, whole.vectors, rtol=0, atol=0)
 
 
 def test_update_accepts_bf16_and_keeps_fp32_state() -> None:

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.data.prepared import PreparedDataset
 
-__all__ = ["TrainImages", "TrainSource", "epoch_batches", "rank_shard", "train_source"]
+__all__ = [
+    "TrainImages",
+    "TrainSource",
+    "batch_sizes",
+    "epoch_batches",
+    "rank_shard",
+    "train_source",
+]
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -28,6 +35,13 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=generator)
     return list(torch.tensor_split(order, max(1, n // batch_size)))
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The size of every global batch `epoch_batches` cuts (the same in every epoch)."""
+    count = max(1, n // batch_size)
+    size, larger = divmod(n, count)
+    return [size + 1] * larger + [size] * (count - larger)
 
 
 def rank_shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ instead of 0, k is a parameter instead of 4, and the bank can be filled by a for
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,11 @@ from torch import Tensor, nn
 from invprop.method.loss import bank_similarities
 
 __all__ = ["MemoryBank", "knn_table", "neighbours_excluding_self"]
+
+
+def _own_rows(rows: Tensor) -> Tensor:
+    """One process: the batch is the whole batch."""
+    return rows
 
 
 def neighbours_excluding_self(top_ids: Tensor, anchors: Tensor, k: int) -> Tensor:
@@ -143,18 +149,30 @@ class MemoryBank(nn.Module):
         return (self.neighbours >= 0).all(dim=1)
 
     @torch.no_grad()
-    def update(self, indices: Tensor, embeddings: Tensor, sim: Tensor, momentum: float) -> None:
+    def update(
+        self,
+        indices: Tensor,
+        embeddings: Tensor,
+        sim: Tensor,
+        momentum: float,
+        gather: Callable[[Tensor], Tensor] = _own_rows,
+    ) -> None:
         """Refresh the batch's table rows, then their vectors (call after the losses).
 
         indices: LongTensor [B]; embeddings: [B, dim] (normalised here again);
         sim: [B, n], similarities of the NEW embeddings to the OLD bank.
         G[i] <- top-(k+1) of sim[i] without i (k entries); V[i] <- normalize(m V[i] + (1-m) v_i).
+        ``gather`` concatenates every rank's rows (``invprop.distributed.all_gather_rows``),
+        so under DDP each rank writes the whole global batch and the banks stay identical;
+        only the [B, k] table rows travel, never the [B, n] similarities.
         ``indices`` must be distinct (true for a sampler without replacement); with repeats,
         which write wins is undefined. Not checked, since checking would sync the host.
         """
         top = sim.detach().float().topk(self.k + 1, dim=1).indices
-        self.neighbours.index_copy_(0, indices, neighbours_excluding_self(top, indices, self.k))
-        v = F.normalize(embeddings.detach().float(), dim=1)
+        rows = gather(neighbours_excluding_self(top, indices, self.k))
+        v = gather(F.normalize(embeddings.detach().float(), dim=1))
+        indices = gather(indices)
+        self.neighbours.index_copy_(0, indices, rows)
         mixed = momentum * self.vectors.index_select(0, indices) + (1.0 - momentum) * v
         self.vectors.index_copy_(0, indices, F.normalize(mixed, dim=1))
 
