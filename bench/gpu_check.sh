@@ -12,7 +12,8 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'
 # The CUDA tests need pytest and hypothesis (bring them as wheels if the machine lacks them).
 if python -c "import pytest, hypothesis" 2>/dev/null; then
     python -m pytest -q -m cuda -p no:cacheprovider tests/test_method_loss.py \
-        tests/test_method_propagate.py tests/test_augment.py tests/test_knn.py >&2
+        tests/test_method_propagate.py tests/test_augment.py tests/test_knn.py \
+        tests/test_loader.py >&2
 else
     echo "skipping the CUDA tests: pytest or hypothesis is not installed" >&2
 fi

@@ -96,6 +96,24 @@ def test_rank_shards_concatenate_to_the_global_batch(folder) -> None:
         assert torch.equal(torch.cat([p[0] for p in parts]), images)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_folder_batches_reach_the_gpu_pinned_and_unchanged(folder) -> None:
+    out, _ = folder
+    prepared = load_prepared(out)
+    cfg = folder_config(prepared.train.images.root, pretrain={"num_workers": 2})
+    on_cpu = train_source(prepared, cfg, torch.device("cpu"))
+    on_gpu = train_source(prepared, cfg, torch.device("cuda"))
+    pairs = zip(
+        on_cpu.batches(BATCH_SIZE, SEED, EPOCH),
+        on_gpu.batches(BATCH_SIZE, SEED, EPOCH),
+        strict=True,
+    )
+    for (images, indices), (gpu_images, gpu_indices) in pairs:
+        assert gpu_images.is_cuda and gpu_indices.is_cuda
+        assert torch.equal(gpu_images.cpu(), images) and torch.equal(gpu_indices.cpu(), indices)
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_undecodable_file_raises_an_error_naming_it(folder, num_workers: int) -> None:
     out, _ = folder
