@@ -84,7 +84,7 @@ def decode_batches(
     Yields (uint8 images [b, C, H, W] with `channels`, their indices [b] int64), both on
     `device`. Decoding runs on the CPU in `num_workers` DataLoader workers (0: in this
     process); batches come back in order whatever the worker count. On CUDA they are
-    pinned and copied without blocking the host, so decoding overlaps the GPU's work.
+    pinned and copied without blocking the host, so the copies overlap the GPU's work.
     A file that cannot be decoded raises InvpropError naming it, in one line, as it would
     without workers.
     """
