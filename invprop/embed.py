@@ -111,7 +111,7 @@ def _uint8_batches(
     split: Split, channels: int, batch_size: int, device: torch.device, num_workers: int
 ) -> Iterator[Tensor]:
     """uint8 [B, C, H, W] batches of the split, in order, on `device`, with `channels`."""
-    from invprop.data import ImageFileDataset, convert_channels
+    from invprop.data import convert_channels, decode_batches
 
     non_blocking = device.type == "cuda"
     if isinstance(split.images, np.ndarray):  # "arrays": slice the memmap, no workers needed
@@ -121,16 +121,9 @@ def _uint8_batches(
                 chunk = chunk.pin_memory()
             yield convert_channels(chunk.to(device, non_blocking=non_blocking), channels)
         return
-    loader = torch.utils.data.DataLoader(
-        ImageFileDataset(split, channels),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=non_blocking,
-        persistent_workers=False,
-    )
-    for images, _ in loader:
-        yield images.to(device, non_blocking=non_blocking)
+    in_order = torch.arange(len(split)).split(batch_size)
+    for images, _ in decode_batches(split, channels, in_order, device, num_workers):
+        yield images
 
 
 def inference_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -260,16 +260,9 @@ class ImageSource:
                 index = torch.from_numpy(batch).to(self.device)
                 yield self.images[index], index
             return
-        from invprop.data import ImageFileDataset
+        from invprop.data import decode_batches
 
-        loader = torch.utils.data.DataLoader(
-            ImageFileDataset(self.split, self.channels),
-            batch_sampler=[batch.tolist() for batch in batches],
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for images, index in loader:
-            yield images.to(self.device, non_blocking=True), index.to(self.device)
+        yield from decode_batches(self.split, self.channels, batches, self.device, self.num_workers)
 
 
 def sgd_augmented_probe(

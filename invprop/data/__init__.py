@@ -5,7 +5,7 @@
     x = convert_channels(as_tensor(ds.train), cfg.data.channels)  # uint8 (N, C, H, W)
 
 Importing this package pulls in numpy only; the torch helpers (`as_tensor`,
-`convert_channels`, `ImageFileDataset`) load torch on first use.
+`convert_channels`, `ImageFileDataset`, `decode_batches`) load torch on first use.
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ from invprop.data.sources import (
 )
 
 if TYPE_CHECKING:
-    from invprop.data.tensors import ImageFileDataset, as_tensor, convert_channels
+    from invprop.data.tensors import (
+        ImageFileDataset,
+        as_tensor,
+        convert_channels,
+        decode_batches,
+    )
 
-_TORCH_HELPERS = ("ImageFileDataset", "as_tensor", "convert_channels")
+_TORCH_HELPERS = ("ImageFileDataset", "as_tensor", "convert_channels", "decode_batches")
 
 __all__ = [
     "DATASETS",
@@ -55,6 +60,7 @@ __all__ = [
     "Split",
     "as_tensor",
     "convert_channels",
+    "decode_batches",
     "decode_image",
     "get_source",
     "load_prepared",

@@ -5,6 +5,11 @@ several ranks (torchrun) each rank takes its contiguous share of every global ba
 same samples meet in the same step whatever the number of ranks. A train source yields,
 for this rank, (uint8 images [b, C, H, W] on the training device, their global indices [b]
 on the same device); augmentation happens later, batched on that device.
+
+Two sources: `TrainImages` holds an array dataset on the device; `FolderImages` decodes an
+image folder ("files" format, e.g. ImageNet) batch by batch in DataLoader workers. Both
+yield the same batches in the same order, so a run does not depend on which one reads the
+data or on the number of workers.
 """
 
 from __future__ import annotations
@@ -14,13 +19,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from invprop.errors import InvpropError
-
 if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.data.prepared import PreparedDataset
 
 __all__ = [
+    "FolderImages",
     "TrainImages",
     "TrainSource",
     "batch_sizes",
@@ -79,11 +83,35 @@ class TrainImages:
             yield self.images[indices], indices
 
 
+class FolderImages:
+    """An image folder's train split ("files" format), decoded batch by batch on the CPU in
+    cfg.pretrain.num_workers DataLoader workers (0: in this process), converted to the
+    model's channel count, then copied to the training device (pinned and non-blocking on
+    CUDA). Images arrive at the prepared size S = image_size * 8/7; the random crop down
+    to image_size is the augmentation's, on the device."""
+
+    def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
+        self.split = prepared.train
+        self.labels = torch.as_tensor(prepared.train.labels, dtype=torch.int64)
+        self.n = len(self.split)
+        self.channels = cfg.data.channels
+        self.num_workers = cfg.pretrain.num_workers
+        self.device = device
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from invprop.data.tensors import decode_batches
+
+        shards = [
+            rank_shard(batch, rank, world_size)
+            for batch in epoch_batches(self.n, batch_size, seed, epoch)
+        ]
+        yield from decode_batches(self.split, self.channels, shards, self.device, self.num_workers)
+
+
 def train_source(prepared: PreparedDataset, cfg: Config, device: torch.device) -> TrainSource:
     """The train source for a prepared dataset: arrays on the device, or image files."""
-    if prepared.format != "arrays":
-        raise InvpropError(
-            f"pretraining streams only array datasets so far; {prepared.name} is an "
-            "image-folder index"
-        )
+    if prepared.format == "files":
+        return FolderImages(prepared, cfg, device)
     return TrainImages(prepared, cfg, device)

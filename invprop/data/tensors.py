@@ -5,9 +5,11 @@ Kept apart from `prepared` so that preparing and inspecting data never imports t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from invprop.data.prepared import ImageFiles, Split
 from invprop.errors import InvpropError
@@ -68,3 +70,44 @@ class ImageFileDataset(Dataset):
         if self.channels is not None:
             image = convert_channels(image, self.channels)
         return image, int(index)
+
+
+def decode_batches(
+    split: Split,
+    channels: int,
+    index_batches: Sequence[torch.Tensor | np.ndarray],
+    device: torch.device,
+    num_workers: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode the images of each batch of split indices, in the order given.
+
+    Yields (uint8 images [b, C, H, W] with `channels`, their indices [b] int64), both on
+    `device`. Decoding runs on the CPU in `num_workers` DataLoader workers (0: in this
+    process); batches come back in order whatever the worker count. On CUDA they are
+    pinned and copied without blocking the host, so the copies overlap the GPU's work.
+    A file that cannot be decoded raises InvpropError naming it, in one line, as it would
+    without workers.
+    """
+    pin = device.type == "cuda"
+    loader = DataLoader(
+        ImageFileDataset(split, channels),
+        batch_sampler=[batch.tolist() for batch in index_batches],
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
+    worker_error = None
+    try:
+        for images, indices in loader:
+            yield images.to(device, non_blocking=pin), indices.to(device, non_blocking=pin)
+    except InvpropError as error:
+        if num_workers == 0:
+            raise
+        # DataLoader re-raises a worker's error with the worker's whole traceback as its
+        # message ("Caught InvpropError in DataLoader worker process 1. Original ...");
+        # the last line is "invprop.errors.InvpropError: <the error's own message>".
+        worker_error = str(error).rstrip().rpartition("\n")[2].partition(": ")[2]
+        # That traceback holds the loader in a reference cycle; left to the garbage
+        # collector, the workers' shutdown waits out a 5 s timeout per worker.
+        error.__traceback__ = None
+    if worker_error is not None:
+        raise InvpropError(worker_error)
