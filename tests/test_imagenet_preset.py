@@ -3,11 +3,10 @@
 params.yaml + presets/imagenet-paper.yaml, then an overlay that lowers only what 48 tiny
 images on a CPU force: the image size, epochs (and the ramp and snapshot epochs with
 them), batch, background M (at most the 36 train images), workers and the linear probe's
-epochs; transfer is off. The preset's ResNet-50, linear
-128-d head, MoCo-v2 augmentation, tau, P = 50, k = 4, 3 hops, random bank init and HNSW
-graph stay. The stages prepare -> pretrain -> instance_discrimination -> embed -> graph ->
-propagate -> evaluate run
-in a temporary project folder, the image folder streamed through DataLoader workers.
+epochs; transfer is off. The preset's ResNet-50, linear 128-d head, MoCo-v2 augmentation,
+tau, P = 50, k = 4, 3 hops, random bank init and HNSW graph stay. The stages prepare ->
+pretrain -> instance_discrimination -> embed -> graph -> propagate -> evaluate run in a
+temporary project folder, the image folder streamed through DataLoader workers.
 """
 
 from __future__ import annotations
