@@ -21,6 +21,7 @@ from invprop.data.prepare import prepare
 from invprop.distributed import CpuSyncBatchNorm, Ranks, all_gather_rows, sync_batchnorm
 from invprop.errors import InvpropError
 from invprop.models import Encoder
+from invprop.train import check_fits
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -199,3 +200,20 @@ def test_two_ranks_train_like_one_process(
     assert same_rows.float().mean() >= 0.99  # near-ties may swap under float reordering
     for x, y in zip(a["history"], b["history"], strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+
+
+def test_a_failing_rank_fails_the_relaunched_stage(one_process: Path) -> None:
+    folder = one_process.parents[2].parent / "failing"
+    with pytest.raises(AssertionError) as failed:  # run_pretrain asserts a 0 exit
+        run_pretrain(folder, [sys.executable], processes=WORLD, n_background=500)
+    message = str(failed.value)
+    assert "pretrain.n_background = 500 is larger than the memory bank" in message
+    assert "the pretrain stage failed in one of its 2 processes" in message
+    assert not (folder / "models/pretrain/final.pt").exists()
+
+
+def test_every_rank_needs_an_image_of_every_batch() -> None:
+    cfg = config_from_dict(PARAMS, ["pretrain.batch_size=4"])
+    check_fits(cfg, 200, world_size=4)
+    with pytest.raises(InvpropError, match="batch_size = 4 is smaller than the 8 training"):
+        check_fits(cfg, 200, world_size=8)
