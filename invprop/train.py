@@ -303,7 +303,8 @@ def _train(
         bank.init_random(torch.Generator(device=device).manual_seed(cfg.seed))
     else:
         # Training-mode BatchNorm, so bank entries are what a training step would store;
-        # the pass also calibrates the running statistics the kNN monitor uses.
+        # the pass also calibrates the running statistics the kNN monitor uses. Under DDP
+        # every rank makes the whole pass (same weights, same batches): simple, and once.
         _, embeddings = extract(
             encoder,
             prepared.train,
