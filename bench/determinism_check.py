@@ -1,10 +1,12 @@
 """Run the default pipeline twice in two fresh clones and compare everything it made.
 
-    nice -n 10 python bench/determinism_check.py --source . --workdir /tmp/det
+    nice -n 10 python bench/determinism_check.py --source . --workdir /tmp/det [--parallel]
     python bench/determinism_check.py --workdir /tmp/det --compare-only   # compare again
 
-Each run is `git clone SOURCE WORKDIR/runX` then `dvc repro` with the committed params.yaml,
-importing `invprop` from its own clone (PYTHONPATH) and the tools of this Python's venv.
+Both clones (`git clone SOURCE WORKDIR/runA`, `.../runB`) are made first, so they hold the
+same commit; then `dvc repro` runs in each with the committed params.yaml, one after the
+other (or both at once with --parallel), importing `invprop` from its own clone
+(PYTHONPATH) and the tools of this Python's venv.
 Compared, run A against run B:
 
 - prepared data and the files of every other cached artifact (embeddings, graphs,
@@ -44,27 +46,49 @@ ARTIFACT_ROOTS = ("data/prepared", "artifacts")
 TENSOR_PARTS = ("model", "bank", "optimizer")
 
 
-def run_pipeline(source: Path, clone: Path) -> dict[str, Any]:
-    """Clone `source` into `clone` and run `dvc repro` there; wall time and commit."""
-    if clone.exists():
-        raise SystemExit(f"{clone} exists; the check needs fresh clones (or --compare-only)")
-    subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(clone),
-        "DVC_NO_ANALYTICS": "1",
-    }
-    start = time.monotonic()
-    with open(clone.parent / f"{clone.name}.log", "w") as log:
-        result = subprocess.run(["dvc", "repro"], cwd=clone, env=env, stdout=log, stderr=log)
-    wall = time.monotonic() - start
-    if result.returncode != 0:
-        raise SystemExit(f"dvc repro failed in {clone} (exit {result.returncode}); see its log")
-    commit = subprocess.run(
+def run_pipelines(source: Path, clones: list[Path], parallel: bool) -> dict[str, float]:
+    """Clone `source` into each of `clones` (all before any run, so all hold one commit),
+    then run `dvc repro` in each, one after the other or all at once; wall seconds."""
+    for clone in clones:
+        if clone.exists():
+            raise SystemExit(f"{clone} exists; the check needs fresh clones (or --compare-only)")
+    for clone in clones:
+        subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
+    walls: dict[str, float] = {}
+    running: list[tuple[Path, subprocess.Popen[bytes], Any, float]] = []
+
+    def finished() -> None:
+        """Record the wall time of each run that has ended since the last look."""
+        for clone, process, log, start in running:
+            if str(clone) not in walls and process.poll() is not None:
+                walls[str(clone)] = round(time.monotonic() - start, 1)
+                log.close()
+                if process.returncode != 0:
+                    raise SystemExit(f"dvc repro failed in {clone} (exit {process.returncode})")
+
+    for clone in clones:
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(clone),
+            "DVC_NO_ANALYTICS": "1",
+        }
+        log = open(clone.parent / f"{clone.name}.log", "w")  # noqa: SIM115 - closed in finished()
+        process = subprocess.Popen(["dvc", "repro"], cwd=clone, env=env, stdout=log, stderr=log)
+        running.append((clone, process, log, time.monotonic()))
+        if not parallel:
+            process.wait()
+            finished()
+    while len(walls) < len(running):
+        time.sleep(1)
+        finished()
+    return walls
+
+
+def commit_of(clone: Path) -> str:
+    return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=clone, check=True, capture_output=True, text=True
     ).stdout.strip()
-    return {"clone": str(clone), "commit": commit, "dvc_repro_seconds": round(wall, 1)}
 
 
 def without_timing(data: Any) -> Any:
@@ -258,17 +282,24 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path("."), help="git repository to clone")
     parser.add_argument("--workdir", type=Path, required=True, help="where runA/ and runB/ go")
     parser.add_argument("--compare-only", action="store_true", help="compare existing runs")
+    parser.add_argument("--parallel", action="store_true", help="run both pipelines at once")
     options = parser.parse_args()
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     clones = [workdir / "runA", workdir / "runB"]
     summary_path = workdir / "determinism.json"
-    runs = (
-        [] if options.compare_only else [run_pipeline(options.source.resolve(), c) for c in clones]
-    )
-    if not runs and summary_path.is_file():
-        runs = json.loads(summary_path.read_text()).get("runs", [])
+    if options.compare_only:
+        earlier = json.loads(summary_path.read_text())["runs"] if summary_path.is_file() else []
+        walls = {run["clone"]: run["dvc_repro_seconds"] for run in earlier}
+    else:
+        walls = run_pipelines(options.source.resolve(), clones, options.parallel)
+    runs = [
+        {"clone": str(c), "commit": commit_of(c), "dvc_repro_seconds": walls.get(str(c))}
+        for c in clones
+    ]
     summary = {"runs": runs, **compare(*clones)}
+    if len({run["commit"] for run in runs}) != 1:
+        summary["differs_unexpected"].insert(0, "the clones are at different commits")
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("runs", "counts", "differs_unexpected")}, indent=2))
     print(
