@@ -10,8 +10,10 @@ A checkpoint is a plain dict of tensors and primitives, loaded with
     model         Encoder state_dict
     bank          MemoryBank state_dict (vectors [n, d], neighbours [n, k])
     optimizer     optimizer state_dict
-    rng           dict of RNG states (torch CPU, CUDA when present)
     history       list of per-epoch metric dicts (what dvclive logged)
+
+No RNG state: every random draw of training is a function of (seed, epoch, sample index)
+or (seed, epoch), so a resumed run needs none.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Every artifact is written to a temporary sibling and renamed into place, so a crash leaves
 either the previous complete artifact or the new complete one, never a half-written file.
+A writer killed outright (SIGKILL, OOM killer) cannot delete its temporary sibling; the
+next write into the same folder does, so they neither pile up nor end up inside a DVC
+output.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -30,8 +35,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Temporary names carry the host as well as the pid: on a file system shared between
+# machines (Slurm), a pid says whether its writer is alive only on the writer's machine.
+HOST_TAG = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+_STALE = re.compile(
+    rf"^\.(?P<target>.+)\.(?P<kind>tmp|old)-{re.escape(HOST_TAG)}-(?P<pid>\d+)-[0-9a-f]{{8}}$"
+)
+
+
 def _temp_sibling(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.{kind}-{HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete the temporary files and folders that dead writers on this machine left in
+    `folder`. Those of live processes and of other machines stay. A superseded `old`
+    folder stays too when nothing replaced it (killed between atomic_dir's two renames):
+    it is then the only complete copy."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        match = _STALE.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not (folder / match["target"]).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -39,6 +82,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
     tmp = _temp_sibling(path, "tmp")
     try:
         yield tmp
@@ -59,6 +103,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
     tmp = _temp_sibling(path, "tmp")
     tmp.mkdir()
     try:

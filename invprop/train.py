@@ -5,7 +5,7 @@
             augment on the data's device -> encoder -> S = v @ V^T (fp32)
             L = L_ins + lambda * w(epoch) * L_inv      (OLD bank and table)
             SGD step; then refresh the table rows and the bank rows of the batch
-        kNN monitor on the bank, dvclive log, last.pt (+ snapshot) written atomically
+        kNN monitor on the bank, dvclive log, (snapshot +) last.pt written atomically
 
 Resuming: `models/pretrain/last.pt` carries everything (model, optimizer, bank, table,
 epoch, history) plus the hash of the params that shape training. A restart with the same
@@ -392,9 +392,11 @@ def _train(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         checkpoint = state.to_checkpoint(cfg)
-        save_checkpoint(out_dir / "last.pt", checkpoint)
+        # The snapshot first: until last.pt says this epoch is done, a restart redoes the
+        # epoch and so rewrites a snapshot that a kill cut short.
         if epoch in p.snapshot_epochs:
             save_checkpoint(out_dir / "snapshots" / f"epoch_{epoch:04d}.pt", checkpoint)
+        save_checkpoint(out_dir / "last.pt", checkpoint)
 
     if live is not None:
         live.end()

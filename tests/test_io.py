@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, file_sha256, load_npz, save_npz
+from invprop.io import (
+    HOST_TAG,
+    atomic_dir,
+    ensure_free_space,
+    file_sha256,
+    load_npz,
+    save_npz,
+    write_json,
+)
 
 
 def test_failed_atomic_dir_keeps_previous_folder_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -21,6 +32,38 @@ def test_failed_atomic_dir_keeps_previous_folder_and_leaves_no_temp(tmp_path: Pa
         raise RuntimeError("crash halfway")
     assert (target / "a.txt").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_writes_remove_what_killed_writers_left_and_nothing_else(tmp_path: Path) -> None:
+    dead = dead_pid()
+    left_by_dead = [
+        tmp_path / f".a.json.tmp-{HOST_TAG}-{dead}-0123abcd",  # killed inside write_json
+        tmp_path / f".folder.tmp-{HOST_TAG}-{dead}-0123abcd",  # killed inside atomic_dir
+        tmp_path / f".done.old-{HOST_TAG}-{dead}-0123abcd",  # killed after its second rename
+    ]
+    kept = [
+        tmp_path / f".b.json.tmp-{HOST_TAG}-{os.getpid()}-0123abcd",  # a live writer's
+        tmp_path / f".c.json.tmp-other-machine-{dead}-0123abcd",  # pid means nothing here
+        tmp_path / f".gone.old-{HOST_TAG}-{dead}-0123abcd",  # the only copy of gone/
+    ]
+    (tmp_path / "done").mkdir()
+    for path in left_by_dead + kept:
+        if ".folder." in path.name or ".old-" in path.name:
+            path.mkdir()
+            (path / "x.npy").write_bytes(b"data")
+        else:
+            path.write_bytes(b"partial")
+    write_json(tmp_path / "a.json", {"ok": 1})
+    assert not [p for p in left_by_dead if p.exists()]
+    assert all(p.exists() for p in kept)
+    assert (tmp_path / "a.json").is_file() and (tmp_path / "done").is_dir()
 
 
 def test_too_little_disk_space_fails_before_writing(

@@ -13,6 +13,7 @@ even while the repository changes underneath. The stages import `invprop` from t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +50,14 @@ TIMING_KEY = re.compile(r"second|timestamp|elapsed|^checkpoint_sha256$")
 # Helpers
 
 
-def run(
-    args: list[str], cwd: Path, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run a command of the venv in `cwd`, stdout and stderr together in `.stdout`."""
+def command_env(cwd: Path, first_on_path: Path | None = None) -> dict[str, str]:
+    """The environment the venv's tools run with in workspace `cwd`."""
+    path = os.pathsep.join(
+        [*([str(first_on_path)] if first_on_path else []), str(BIN), os.environ.get("PATH", "")]
+    )
     env = {
         **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": path,
         "PYTHONPATH": str(cwd),
         "DVC_NO_ANALYTICS": "1",
         # Bytecode in invprop/ is covered by its own test below.
@@ -70,10 +73,17 @@ def run(
         "GIT_COMMITTER_EMAIL": "t@t",
     }
     env.pop("SNAKEMAKE_PROFILE", None)
+    return env
+
+
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run a command of the venv in `cwd`, stdout and stderr together in `.stdout`."""
     result = subprocess.run(
         args,
         cwd=cwd,
-        env=env,
+        env=command_env(cwd),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -440,6 +450,102 @@ def test_after_touch_snakemake_reruns_only_what_a_param_change_needs(
     planned = planned_rules(dry.stdout)
     assert {"graph", "propagate"} <= planned, dry.stdout[-3000:]
     assert not planned & {"prepare", "prepare_target", "pretrain", "embed", "evaluate"}
+
+
+# ---------------------------------------------------------------------------------------
+# Concurrency: a second run in a workspace while one runs
+
+
+@dataclass
+class HeldRun:
+    process: subprocess.Popen[str]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextlib.contextmanager
+def held_run(args: list[str], workspace: Path, stage: str, scratch: Path) -> Iterator[HeldRun]:
+    """Start `args` in `workspace` and yield while its `stage` job is held, so the run
+    surely holds its lock; on leaving, release the job and wait for the run to end.
+
+    A `python` first on PATH (in `scratch`) holds the job until a release file exists:
+    no sleeps decide the order, so the test cannot race."""
+    held, release, log = scratch / "held", scratch / "release", scratch / "first.log"
+    shim = scratch / "python"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "stages/{stage}.py" ]; then\n'
+        f'    touch "{held}"\n'
+        f'    while [ ! -e "{release}" ]; do sleep 0.05; done\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    shim.chmod(0o755)
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            args,
+            cwd=workspace,
+            env=command_env(workspace, first_on_path=scratch),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    first = HeldRun(process, log)
+    try:
+        deadline = time.monotonic() + 600  # a hung run fails the test instead of hanging it
+        while not held.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`{' '.join(args)}` never reached {stage}:\n{first.output()[-6000:]}")
+            time.sleep(0.05)
+        yield first
+    finally:
+        release.touch()
+        process.wait(timeout=600)
+
+
+def assert_outputs_equal(workspace: Path, reference: Path, outs: list[str]) -> None:
+    for out in outs:
+        files = artifact_files(workspace, out)
+        expected = artifact_files(reference, out)
+        assert sorted(files) == sorted(expected), out
+        for rel, path in expected.items():
+            assert comparable_file(files[rel]) == comparable_file(path), rel
+
+
+def test_second_snakemake_is_refused_while_one_runs_and_the_first_finishes(
+    pipeline_copy: Path, dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_lock")
+    data_name = yaml.safe_load((workspace / "params.yaml").read_text())["data"]["name"]
+    outs = [f"data/prepared/{data_name}", f"reports/prepare_{data_name}.json"]
+    target = ["snakemake", "--cores", "1", "--workflow-profile", "profiles/local", outs[1]]
+    with held_run(target, workspace, "prepare", tmp_path_factory.mktemp("shim")) as first:
+        second = run(target, workspace, check=False)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stdout, second.stdout[-3000:]
+    assert first.process.returncode == 0, first.output()[-6000:]
+    assert_outputs_equal(workspace, dvc_run.workspace, outs)
+
+
+def test_second_dvc_repro_is_refused_while_one_runs_and_the_first_finishes(
+    dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "dvc_lock")
+    forced = ["dvc", "repro", "-f", "prepare"]
+    with held_run(forced, workspace, "prepare", tmp_path_factory.mktemp("shim")) as first:
+        second = run(["dvc", "repro"], workspace, check=False)
+    # DVC releases its repository lock while a stage's command runs and keeps read/write
+    # locks on the stage's files: the second run stops at the first stage it would touch.
+    assert second.returncode != 0
+    assert "is being blocked by" in second.stdout, second.stdout[-3000:]
+    assert "dvc repro -f prepare" in second.stdout
+    assert first.process.returncode == 0, first.output()[-6000:]
+    assert "Running stage 'prepare'" in first.output()
+    data_name = yaml.safe_load((workspace / "params.yaml").read_text())["data"]["name"]
+    outs = [f"data/prepared/{data_name}", f"reports/prepare_{data_name}.json"]
+    assert_outputs_equal(workspace, dvc_run.workspace, outs)
 
 
 def test_slurm_profile_builds_the_dag_and_sends_gpu_rules_to_the_gpu_partition(
