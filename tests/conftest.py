@@ -305,7 +305,6 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
             "model": encoder.state_dict(),
             "bank": bank.state_dict(),
             "optimizer": torch.optim.SGD(encoder.parameters(), lr=0.1).state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
             "history": [],
         },
     )
