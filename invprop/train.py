@@ -332,8 +332,8 @@ def _train(
         for row in state.history:  # replay, so the curves survive a resume
             log_row(live, row)
 
-    batches_per_epoch = max(1, data.n // p.batch_size)
     global_sizes = batch_sizes(data.n, p.batch_size)
+    batches_per_epoch = len(global_sizes)
     while state.epoch < p.epochs:
         epoch = state.epoch + 1
         weight = ramp_weight(epoch, p.ramp_epoch, p.lambda_inv) if p.invp else 0.0

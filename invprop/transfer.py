@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from invprop.config import AugmentConfig, Config
+from invprop.data.loader import batch_sizes, epoch_batches
 from invprop.embed import (
     PREPARED_DIR,
     PRETRAIN_DIR,
@@ -196,10 +197,10 @@ class FinetuneResult:
 def finetune_steps(n: int, epochs: int, batch_size: int) -> tuple[int, int]:
     """(steps per pass, total steps) for fine-tuning on `n` images.
 
-    A pass is `invprop.data.loader.epoch_batches`' max(1, n // batch_size) batches; an epoch is
-    one pass or MIN_STEPS_PER_EPOCH steps, whichever is more; training runs `epochs` epochs.
+    A pass is the batches `invprop.data.loader.epoch_batches` cuts; an epoch is one pass
+    or MIN_STEPS_PER_EPOCH steps, whichever is more; training runs `epochs` epochs.
     """
-    per_pass = max(1, n // batch_size)
+    per_pass = len(batch_sizes(n, batch_size))
     return per_pass, epochs * max(per_pass, MIN_STEPS_PER_EPOCH)
 
 
@@ -232,7 +233,6 @@ def finetune(
     loss and the classifier's output are fp32. Test rows labelled -1 are not scored.
     """
     from invprop.augment import BatchAugment
-    from invprop.data.loader import epoch_batches
     from invprop.linear import ImageSource, topk_accuracy
 
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import yaml
 from invprop import train as train_module
 from invprop.checkpoint import load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
-from invprop.data.loader import epoch_batches, rank_shard
+from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
 from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
 from invprop.train import learning_rate, train
@@ -86,6 +86,7 @@ def test_epoch_batches_cover_every_index_once_and_are_seeded() -> None:
     batches = epoch_batches(100, 32, seed=3, epoch=2)
     assert sorted(torch.cat(batches).tolist()) == list(range(100))
     assert all(16 <= len(b) <= 48 for b in batches)
+    assert [len(b) for b in batches] == batch_sizes(100, 32) == [34, 33, 33]
     assert torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=2)))
     assert not torch.equal(torch.cat(batches), torch.cat(epoch_batches(100, 32, seed=3, epoch=3)))
 

@@ -34,18 +34,19 @@ __all__ = [
 ]
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """A seeded permutation of 0..n-1 cut into near-equal batches (none smaller than B/2)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator)
-    return list(torch.tensor_split(order, max(1, n // batch_size)))
-
-
 def batch_sizes(n: int, batch_size: int) -> list[int]:
-    """The size of every global batch `epoch_batches` cuts (the same in every epoch)."""
+    """How every epoch is cut: n // B near-equal batches (none smaller than B/2), the
+    larger ones first."""
     count = max(1, n // batch_size)
     size, larger = divmod(n, count)
     return [size + 1] * larger + [size] * (count - larger)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """A seeded permutation of 0..n-1 cut into batches of `batch_sizes(n, batch_size)`."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    return list(order.split(batch_sizes(n, batch_size)))
 
 
 def rank_shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
