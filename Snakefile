@@ -210,6 +210,7 @@ rule transfer:
         "stages/transfer.py",
         "invprop/transfer.py",
         "invprop/linear.py",
+        "invprop/data/loader.py",
         "models/pretrain",
         PREPARED,
         expand("data/prepared/{target}", target=TARGETS),
