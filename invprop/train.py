@@ -108,22 +108,18 @@ class TrainState:
             "epoch": self.epoch,
             "params_hash": training_hash(cfg),
             "config": cfg.to_dict(),
-            "model": _unwrapped(self.encoder).state_dict(),
+            "model": self.encoder.state_dict(),
             "bank": self.bank.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": list(self.history or []),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        _unwrapped(self.encoder).load_state_dict(state["model"])
+        self.encoder.load_state_dict(state["model"])
         self.bank.load_state_dict(state["bank"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
-
-
-def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "_orig_mod", module)
 
 
 def make_optimizer(cfg: Config, encoder: torch.nn.Module) -> torch.optim.Optimizer:
