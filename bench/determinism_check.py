@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -38,9 +36,13 @@ from typing import Any
 
 import torch
 
+from invprop.checkpoint import load_checkpoint
+from invprop.io import file_sha256
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # one definition of timing
+from run_comparison import TIMING_KEY, without_timing
+
 BIN = Path(sys.executable).parent
-# Keys whose values measure time or speed, and the hash of a (timing-carrying) checkpoint.
-TIMING_KEY = re.compile(r"second|timestamp|elapsed|^checkpoint_sha256$")
 ARTIFACT_ROOTS = ("data/prepared", "artifacts")
 # The parts of a checkpoint that hold tensors (invprop.train.TrainState.to_checkpoint).
 TENSOR_PARTS = ("model", "bank", "optimizer")
@@ -89,14 +91,6 @@ def commit_of(clone: Path) -> str:
     return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=clone, check=True, capture_output=True, text=True
     ).stdout.strip()
-
-
-def without_timing(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: without_timing(v) for k, v in data.items() if not TIMING_KEY.search(str(k))}
-    if isinstance(data, list):
-        return [without_timing(v) for v in data]
-    return data
 
 
 def timing_keys(data: Any, prefix: str = "") -> set[str]:
@@ -158,10 +152,6 @@ def differences(a: Any, b: Any, path: str, counts: dict[str, int]) -> list[str]:
     return [] if type(a) is type(b) and a == b else [path]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def files_under(root: Path, folder: str) -> dict[str, Path]:
     base = root / folder
     return {str(p.relative_to(root)): p for p in sorted(base.rglob("*")) if p.is_file()}
@@ -187,7 +177,7 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
         for rel in sorted(set(files_a) & set(files_b)):
             counts["files"] += 1
             a, b = files_a[rel], files_b[rel]
-            if sha256(a) == sha256(b):
+            if file_sha256(a) == file_sha256(b):
                 equal.append(f"{rel} (bytes)")
             elif a.suffix == ".json":
                 data_a, data_b = json.loads(a.read_text()), json.loads(b.read_text())
@@ -207,8 +197,8 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
         )
     for rel in sorted(set(ckpts_a) & set(ckpts_b)):
         counts["files"] += 1
-        state_a = torch.load(ckpts_a[rel], map_location="cpu", weights_only=True)
-        state_b = torch.load(ckpts_b[rel], map_location="cpu", weights_only=True)
+        state_a = load_checkpoint(ckpts_a[rel])
+        state_b = load_checkpoint(ckpts_b[rel])
         for part in TENSOR_PARTS:
             record(f"{rel} {part} tensors", differences(state_a[part], state_b[part], part, counts))
         rest = {k: v for k, v in state_a.items() if k not in TENSOR_PARTS}
@@ -217,7 +207,7 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
             f"{rel} fields {sorted(rest)} without timing",
             differences(without_timing(rest), without_timing(rest_b), "", counts),
         )
-        if sha256(ckpts_a[rel]) != sha256(ckpts_b[rel]):
+        if file_sha256(ckpts_a[rel]) != file_sha256(ckpts_b[rel]):
             expected.append(
                 f"{rel} file bytes: history keys {sorted(timing_keys(rest['history']))}"
             )
@@ -233,14 +223,14 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
             differences(without_timing(data_a), without_timing(data_b), "", counts),
         )
         dropped = timing_keys(data_a)
-        if dropped and sha256(path_a) != sha256(run_b / "reports" / path_a.name):
+        if dropped and file_sha256(path_a) != file_sha256(run_b / "reports" / path_a.name):
             expected.append(f"{name}: keys {sorted(dropped)}")
 
     # The report: figures by bytes, the markdown without its timing columns.
     for path_a in sorted((run_a / "reports" / "figures").glob("*")):
         counts["files"] += 1
         rel = path_a.relative_to(run_a)
-        if sha256(path_a) == sha256(run_b / rel):
+        if file_sha256(path_a) == file_sha256(run_b / rel):
             equal.append(f"{rel} (bytes)")
         else:
             unexpected.append(f"{rel}: bytes differ")
@@ -253,7 +243,7 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
         [f"line {i + 1}" for i, (x, y) in enumerate(zip(lines_a, lines_b, strict=False)) if x != y]
         + ([f"{len(lines_a)} vs {len(lines_b)} lines"] if len(lines_a) != len(lines_b) else []),
     )
-    if sha256(report_a) != sha256(report_b):
+    if file_sha256(report_a) != file_sha256(report_b):
         expected.append("reports/report.md: its stage times table")
 
     # Training curves: every column but the timing ones; curves of a timing are expected

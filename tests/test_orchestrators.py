@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 from dvc_pipeline import DvcStage, dvc_stages
+from run_comparison import without_timing
 
 from invprop.config import config_from_dict, deep_merge
 
@@ -41,9 +42,6 @@ TINY_PARAMS = Path(__file__).with_name("pipeline_params.yaml")
 PIPELINE_FILES = ("dvc.yaml", "Snakefile", ".dvcignore", "stages", "invprop", "profiles")
 # Metric keys that are fractions: accuracies, neighbour purity, coverage, recall.
 FRACTION_KEY = re.compile(r"(^|/|_)(top\d+|purity|coverage|recall|accuracy)(_|$)")
-# Keys that measure time or speed, never equal between two runs, and the sha256 of a
-# checkpoint, whose history keeps each epoch's time and images/s for the curves.
-TIMING_KEY = re.compile(r"second|timestamp|elapsed|^checkpoint_sha256$")
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,15 +117,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out |= flatten(value, f"{prefix}/{key}" if prefix else str(key))
         return out
     return {prefix: data}
-
-
-def without_timing(data: Any) -> Any:
-    """`data` (parsed JSON) without the keys that measure time."""
-    if isinstance(data, dict):
-        return {k: without_timing(v) for k, v in data.items() if not TIMING_KEY.search(str(k))}
-    if isinstance(data, list):
-        return [without_timing(v) for v in data]
-    return data
 
 
 def set_param(workspace: Path, key: str, value: Any) -> None:

@@ -1,0 +1,20 @@
+"""What two runs of the same inputs must agree on: parsed JSON without the keys that
+measure time. Shared by the orchestrator tests and bench/determinism_check.py."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Keys that measure time or speed, never equal between two runs, and the sha256 of a
+# checkpoint, whose history keeps each epoch's time and images/s for the curves.
+TIMING_KEY = re.compile(r"second|timestamp|elapsed|^checkpoint_sha256$")
+
+
+def without_timing(data: Any) -> Any:
+    """`data` (parsed JSON) without the keys that measure time."""
+    if isinstance(data, dict):
+        return {k: without_timing(v) for k, v in data.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(data, list):
+        return [without_timing(v) for v in data]
+    return data
