@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,7 +249,25 @@ def data_config() -> Callable[..., Config]:
 
 
 # ---------------------------------------------------------------------------------------
-# Checkpoints written directly (no training), in the layout of invprop.checkpoint
+# Plain references for the neighbour table and propagation
+
+
+def bfs_reference(table: Sequence[Sequence[int]], anchor: int, hops: int) -> dict[int, int]:
+    """Queue BFS over the table's rows (-1 = unknown, skipped): {node: hops from anchor}
+    for every node within 1..hops steps, the anchor excluded."""
+    dist = {anchor: 0}
+    queue = deque([anchor])
+    while queue:
+        u = queue.popleft()
+        if dist[u] == hops:
+            continue
+        for v in table[u]:
+            v = int(v)
+            if v >= 0 and v not in dist:
+                dist[v] = dist[u] + 1
+                queue.append(v)
+    del dist[anchor]
+    return dist
 
 
 def exact_table(vectors: np.ndarray, k: int) -> np.ndarray:
@@ -256,6 +275,10 @@ def exact_table(vectors: np.ndarray, k: int) -> np.ndarray:
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)
     return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints written directly (no training), in the layout of invprop.checkpoint
 
 
 def write_bank_checkpoint(

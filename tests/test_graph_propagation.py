@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import deque
 from contextlib import chdir
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 import typer
 import yaml
-from conftest import exact_table, write_bank_checkpoint
+from conftest import bfs_reference, exact_table, write_bank_checkpoint
 from typer.testing import CliRunner
 
 from invprop import graph as graph_stage
@@ -26,23 +25,6 @@ from invprop.propagation import bank_stats, propagation_stats
 
 # ---------------------------------------------------------------------------------------
 # Plain references
-
-
-def queue_bfs(table: np.ndarray, anchor: int, hops: int) -> dict[int, int]:
-    """{node: hop} for every node within `hops` steps of `anchor` (anchor excluded)."""
-    dist = {anchor: 0}
-    queue = deque([anchor])
-    while queue:
-        u = queue.popleft()
-        if dist[u] == hops:
-            continue
-        for v in table[u]:
-            v = int(v)
-            if v >= 0 and v not in dist:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    del dist[anchor]
-    return dist
 
 
 def concat_walk(table: np.ndarray, anchor: int, hops: int) -> list[int]:
@@ -67,7 +49,7 @@ def reference_stats(table, vectors, labels, hops, n_pos):
         sets = {"size": [], "purity": [], "hard": [], "easy": [], "new": []}
         purity = {key: [] for key in ("all", "hard", "easy", "new")}
         for i in range(n):
-            dist = queue_bfs(table, i, hops)
+            dist = bfs_reference(table, i, hops)
             within = [v for v, d in dist.items() if d <= h]
             new = [v for v, d in dist.items() if d == h]
             by_sim = sorted(within, key=lambda v, i=i: sims[i, v])
@@ -127,7 +109,7 @@ def assert_close_nested(got, want):
 
 
 @pytest.mark.parametrize(("n", "k", "hops", "seed"), [(40, 3, 3, 0), (60, 2, 4, 1), (25, 5, 2, 2)])
-def test_stage_bfs_sets_equal_a_queue_bfs(n, k, hops, seed):
+def test_stage_bfs_sets_equal_a_bfs_reference(n, k, hops, seed):
     table = random_table(n, k, seed)
     vectors = np.random.default_rng(seed).standard_normal((n, 6)).astype(np.float32)
     _, csr = propagation_stats(table, vectors, None, hops, 3, collect=True, chunk=7)
@@ -135,7 +117,7 @@ def test_stage_bfs_sets_equal_a_queue_bfs(n, k, hops, seed):
     for i in range(n):
         row = slice(csr["indptr"][i], csr["indptr"][i + 1])
         got = dict(zip(csr["ids"][row].tolist(), csr["hop"][row].tolist(), strict=True))
-        assert got == queue_bfs(table, i, hops)
+        assert got == bfs_reference(table, i, hops)
         assert np.all(np.diff(csr["hop"][row]) >= 0)  # ordered by hop
 
 
@@ -147,7 +129,7 @@ def test_hard_and_easy_positives_are_least_and_most_similar(n_pos, seed):
     sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
     _, csr = propagation_stats(table, vectors, None, hops, n_pos, collect=True, chunk=16)
     for i in range(n):
-        by_sim = sorted(queue_bfs(table, i, hops), key=lambda v, i=i: sims[i, v])
+        by_sim = sorted(bfs_reference(table, i, hops), key=lambda v, i=i: sims[i, v])
         hard = csr["hard_ids"][csr["hard_indptr"][i] : csr["hard_indptr"][i + 1]].tolist()
         easy = csr["easy_ids"][csr["easy_indptr"][i] : csr["easy_indptr"][i + 1]].tolist()
         assert hard == by_sim[:n_pos]
@@ -369,7 +351,7 @@ def test_propagate_stage_writes_csr_and_per_hop_stats(workspace):
         row = slice(csr["indptr"][i], csr["indptr"][i + 1])
         assert dict(
             zip(csr["ids"][row].tolist(), csr["hop"][row].tolist(), strict=True)
-        ) == queue_bfs(table, i, 3)
+        ) == bfs_reference(table, i, 3)
         hard = csr["hard_ids"][csr["hard_indptr"][i] : csr["hard_indptr"][i + 1]]
         assert len(hard) == min(10, row.stop - row.start)
     stats = json.loads((root / "artifacts/propagation/final/stats.json").read_text())

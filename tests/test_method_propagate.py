@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import pytest
 import torch
+from conftest import bfs_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,22 +29,6 @@ def random_table(seed: int, n: int, k: int, p_unknown: float) -> torch.Tensor:
     table[rng.random((n, k)) < p_unknown] = -1
     table[rng.random(n) < p_unknown] = -1
     return torch.from_numpy(table).long()
-
-
-def bfs_reference(table: list[list[int]], anchor: int, hops: int) -> dict[int, int]:
-    """Queue BFS: {node: distance} for nodes within 1..hops steps, anchor excluded."""
-    dist = {anchor: 0}
-    queue = deque([anchor])
-    while queue:
-        u = queue.popleft()
-        if dist[u] == hops:
-            continue
-        for v in table[u]:
-            if v >= 0 and v not in dist:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    del dist[anchor]
-    return dist
 
 
 def concat_reference(table: list[list[int]], anchor: int, hops: int) -> list[int]:
