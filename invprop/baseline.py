@@ -23,24 +23,21 @@ earlier trained model and its curves are left in place.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from invprop.config import Config
 from invprop.embed import EMBEDDINGS_DIR, embed_checkpoint
 from invprop.io import atomic_dir, write_json
+from invprop.logs import get_logger
 
 __all__ = ["MODEL_DIR", "NOT_RUN", "OUT_DIR", "REPORT", "instance_config", "run"]
 
+LOG = get_logger("instance_discrimination")
 MODEL_DIR = Path("models/instance_discrimination")
 LIVE_DIR = Path("dvclive/instance_discrimination")
 OUT_DIR = EMBEDDINGS_DIR / "instance_discrimination"
 REPORT = Path("reports/instance_discrimination.json")
 NOT_RUN = "not run (evaluate.baselines.instance_discrimination is off)"
-
-
-def log(message: str) -> None:
-    print(f"[instance_discrimination] {message}", file=sys.stderr, flush=True)
 
 
 def instance_config(cfg: Config) -> Config:
@@ -56,7 +53,7 @@ def run(cfg: Config) -> None:
         with atomic_dir(OUT_DIR) as tmp:
             write_json(tmp / "status.json", {"status": NOT_RUN})
         write_json(REPORT, {"status": NOT_RUN})
-        log(f"{NOT_RUN}; wrote {OUT_DIR}/status.json")
+        LOG.info(f"{NOT_RUN}; wrote {OUT_DIR}/status.json")
         return
 
     from invprop.distributed import Ranks, relaunched
@@ -70,4 +67,4 @@ def run(cfg: Config) -> None:
         return
     meta = embed_checkpoint(baseline, MODEL_DIR / "final.pt", OUT_DIR, "instance_discrimination")
     write_json(REPORT, summary | {"embeddings": str(OUT_DIR), "dims": meta["dims"]})
-    log(f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> {OUT_DIR}")
+    LOG.info(f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> {OUT_DIR}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import Tensor
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, save_npz, write_json
+from invprop.logs import get_logger, track
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -55,6 +55,7 @@ __all__ = [
     "run",
 ]
 
+LOG = get_logger("embed")
 EMBEDDINGS_DIR = Path("artifacts/embeddings")
 PRETRAIN_DIR = Path("models/pretrain")
 PREPARED_DIR = Path("data/prepared")
@@ -70,10 +71,6 @@ ARRAY_KEYS = (
 # ITU-R BT.601 luma weights, as invprop.data.tensors.convert_channels uses.
 _LUMA = (0.299, 0.587, 0.114)
 _TAG = re.compile(r"^(final|epoch_\d{4})$")
-
-
-def log(message: str) -> None:
-    print(f"[embed] {message}", file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -178,7 +175,14 @@ def extract(
     encoder.train(batch_statistics)
     try:
         start = 0
-        for images in _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers):
+        batches = track(
+            _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers),
+            f"embedding the {split.name} split",
+            total=-(-n // batch_size),
+            images=len,
+            logger=LOG,
+        )
+        for images in batches:
             x = center(images, size, mean_t, std_t)
             if device.type == "cuda" and cfg.pretrain.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -344,7 +348,7 @@ def embed_checkpoint(
     encoder, ckpt_cfg, state = encoder_from_checkpoint(state, dev)
     check_compatible(ckpt_cfg, cfg, prepared, str(checkpoint))
     if state.get("params_hash") != training_hash(cfg):
-        log(
+        LOG.info(
             f"note: {checkpoint} was trained with other pretrain params than params.yaml has "
             "now (training hash differs); embedding it as it is"
         )
@@ -353,7 +357,7 @@ def embed_checkpoint(
         out_dir.parent, n_rows * (encoder.feature_dim + encoder.dim) * 4 + n_rows * 16, "embeddings"
     )
 
-    log(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
+    LOG.info(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
     arrays: dict[str, np.ndarray] = {}
     for split in (prepared.train, prepared.test):
         features, embeddings = extract(encoder, split, prepared.meta, cfg, dev)
@@ -403,7 +407,7 @@ def run(cfg: Config, *tags: str) -> None:
                 "images_per_second": round(images / max(seconds, 1e-9), 1),
             },
         )
-        log(
+        LOG.info(
             f"{tag}: {images} images -> {EMBEDDINGS_DIR / tag} "
             f"({meta['dims']['features']}-d features, {meta['dims']['embeddings']}-d "
             f"embeddings, {seconds:.1f} s)"

@@ -28,7 +28,6 @@ for protocol sgd_augmented).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from invprop.errors import InvpropError
 from invprop.io import write_json
 from invprop.knn import knn_accuracy
 from invprop.linear import LinearProbeResult, linear_probe, sgd_augmented_probe
+from invprop.logs import get_logger
 
 __all__ = [
     "PIXEL_BUDGET_BYTES",
@@ -66,13 +66,10 @@ __all__ = [
     "run",
 ]
 
+LOG = get_logger("evaluate")
 REPORT = Path("reports/evaluate.json")
 # The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
 PIXEL_BUDGET_BYTES = 4 << 30
-
-
-def log(message: str) -> None:
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,7 +197,7 @@ def representation_metrics(
         result = sgd_augmented_probe(encoder_source(), prepared, cfg, device)
     else:
         if cfg.evaluate.linear.protocol == "sgd_augmented":
-            log(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
+            LOG.info(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
         result = lbfgs_probe(
             _tensor(embeddings["train_features"]),
             train_y,
@@ -248,7 +245,9 @@ def pixel_metrics(prepared: Any, cfg: Config, device: torch.device) -> dict[str,
     )
     result = lbfgs_probe(train_x, train_y, test_x, test_y, cfg, num_classes, device)
     if cfg.evaluate.linear.protocol != "lbfgs":
-        log("pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)")
+        LOG.info(
+            "pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)"
+        )
     return out | linear_metrics("pixels/linear", result)
 
 
@@ -369,7 +368,7 @@ def evaluate(
         instance = (id_embeddings, id_bank, id_state)
 
     metrics: dict[str, Any] = {"invp/epoch": int(state["epoch"])}
-    log(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
+    LOG.info(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
     metrics |= representation_metrics(
         "invp",
         invp,
@@ -380,7 +379,7 @@ def evaluate(
         device,
     )
     if instance is not None:
-        log("instance_discrimination baseline")
+        LOG.info("instance_discrimination baseline")
         embeddings, id_bank, id_state = instance
         source = None
         if id_state is not None:
@@ -391,12 +390,12 @@ def evaluate(
     else:
         metrics["instance_discrimination/status"] = NOT_RUN
     if baselines.pixels:
-        log("pixels baseline")
+        LOG.info("pixels baseline")
         metrics |= pixel_metrics(prepared, cfg, device)
     else:
         metrics["pixels/status"] = "not run (evaluate.baselines.pixels is off)"
     if baselines.random_init:
-        log("random-init baseline")
+        LOG.info("random-init baseline")
         metrics |= random_init_metrics(prepared, cfg, device, checkpoint_config(state))
     else:
         metrics["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
@@ -423,4 +422,4 @@ def run(cfg: Config) -> None:
             "invp/linear/top1",
         )
     ]
-    log(f"{' '.join(headline)} -> {REPORT} ({metrics['evaluate/seconds']:.1f} s)")
+    LOG.info(f"{' '.join(headline)} -> {REPORT} ({metrics['evaluate/seconds']:.1f} s)")

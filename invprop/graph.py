@@ -17,7 +17,6 @@ averaged over the anchors that have a label (unlabelled neighbours count as othe
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from invprop.io import (
     save_npz,
     write_json,
 )
+from invprop.logs import get_logger
 
 __all__ = [
     "Embeddings",
@@ -52,6 +52,7 @@ __all__ = [
     "run",
 ]
 
+LOG = get_logger("graph")
 TAG_PATTERN = re.compile(r"^(final|epoch_\d{4})$")
 HUBS = 10
 
@@ -73,10 +74,6 @@ def embeddings_dir(tag: str, root: str | Path = ".") -> Path:
 
 def graph_dir(tag: str, root: str | Path = ".") -> Path:
     return Path(root) / "artifacts" / "graph" / check_tag(tag)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,7 +229,9 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
             f"graph.k = {g.k} needs more than k train embeddings, {emb.path} has {emb.n}; "
             "lower graph.k"
         )
-    log(f"graph {tag}: {emb.n} x {emb.vectors.shape[1]} embeddings, k={g.k}, {g.backend}/{g.index}")
+    LOG.info(
+        f"graph {tag}: {emb.n} x {emb.vectors.shape[1]} embeddings, k={g.k}, {g.backend}/{g.index}"
+    )
     options: dict[str, Any] = {"seed": cfg.seed}
     if g.index == "ivf":
         options |= {"nlist": g.ivf_nlist, "nprobe": g.ivf_nprobe}
@@ -271,7 +270,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
         write_json(tmp / "stats.json", {k: v for k, v in stats.items() if k not in RUN_KEYS})
     headline = headline_figures(stats, cfg.propagate.k)
     write_json(Path("reports") / f"graph_{tag}.json", headline)
-    log(
+    LOG.info(
         f"graph {tag}: purity@1 {_fmt(headline['purity_at_1'])}, "
         f"purity@{g.k} {_fmt(headline['purity_at_k'])}, "
         f"recall {_fmt(built.recall)}, {built.seconds:.1f} s search"

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invprop.logs import track
+
 __all__ = ["knn_accuracy", "weighted_knn_scores"]
 
 # At most this many similarity entries per chunk (2^26 fp32 = 256 MiB).
@@ -71,8 +73,10 @@ def _neighbours(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(1, train.shape[0])))
     train_t = train.t()
-    for start in range(0, queries.shape[0], chunk):
-        rows = slice(start, min(start + chunk, queries.shape[0]))
+    n = queries.shape[0]
+    starts = range(0, n, chunk)
+    for start in track(starts, "kNN", unit="chunks", images=lambda s: min(chunk, n - s)):
+        rows = slice(start, min(start + chunk, n))
         sims = queries[rows] @ train_t
         top_sims, top_ids = sims.topk(k, dim=1, largest=True, sorted=True)
         yield rows, top_sims, top_ids

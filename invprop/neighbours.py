@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from invprop.errors import InvpropError
+from invprop.logs import track
 
 __all__ = [
     "INDEXES",
@@ -42,6 +43,8 @@ __all__ = [
 INDEXES = ("flat", "ivf", "hnsw")
 # faiss on a GPU answers at most 2048 neighbours per query.
 FAISS_GPU_MAX_K = 2048
+# Queries per faiss search call: progress granularity, no effect on the result.
+SEARCH_BLOCK = 16_384
 IVF_TRAIN_PER_LIST = 64
 
 
@@ -199,6 +202,15 @@ def build_faiss_index(
     return built
 
 
+def _query_blocks(n: int, block: int) -> Iterator[slice]:
+    """Consecutive row slices of at most `block` queries, with progress."""
+    starts = range(0, n, block)
+    for start in track(
+        starts, "neighbour search", unit="blocks", images=lambda s: min(block, n - s)
+    ):
+        yield slice(start, min(start + block, n))
+
+
 def _faiss_search(
     database: np.ndarray, queries: np.ndarray, k: int, index: str, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -207,9 +219,13 @@ def _faiss_search(
         built = build_faiss_index(database, index, options, int(options.get("seed", 0)), gpu)
         if index == "hnsw":
             built.hnsw.efSearch = max(built.hnsw.efSearch, 2 * k)
-        sims, ids = built.search(queries, k)
+        ids = np.empty((queries.shape[0], k), dtype=np.int64)
+        sims = np.empty((queries.shape[0], k), dtype=np.float32)
+        # In blocks only so progress shows; each query's search is independent.
+        for rows in _query_blocks(queries.shape[0], SEARCH_BLOCK):
+            sims[rows], ids[rows] = built.search(queries[rows], k)
     device = "cuda:0" if gpu else "cpu"
-    return ids.astype(np.int64, copy=False), sims.astype(np.float32, copy=False), device
+    return ids, sims, device
 
 
 def _torch_search(
@@ -232,12 +248,12 @@ def _torch_search(
     # one reused similarity buffer: a fresh [chunk, n] tensor per step costs page faults
     buffer = torch.empty(min(chunk, queries.shape[0]), n, device=device)
     with torch.no_grad():
-        for start in range(0, queries.shape[0], chunk):
-            q = torch.from_numpy(queries[start : start + chunk]).to(device)
+        for rows in _query_blocks(queries.shape[0], chunk):
+            q = torch.from_numpy(queries[rows]).to(device)
             block = torch.mm(q, db.T, out=buffer[: q.shape[0]])
             top = block.topk(k, dim=1, largest=True, sorted=True)
-            ids[start : start + q.shape[0]] = top.indices.cpu().numpy()
-            sims[start : start + q.shape[0]] = top.values.cpu().numpy()
+            ids[rows] = top.indices.cpu().numpy()
+            sims[rows] = top.values.cpu().numpy()
     return ids, sims, str(device)
 
 

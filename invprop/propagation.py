@@ -48,7 +48,6 @@ from invprop.graph import (
     graph_dir,
     load_embeddings,
     load_graph,
-    log,
 )
 from invprop.io import (
     atomic_dir,
@@ -59,6 +58,7 @@ from invprop.io import (
     save_npz,
     write_json,
 )
+from invprop.logs import get_logger, progress, track
 from invprop.method.loss import select_positives
 from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
 
@@ -81,6 +81,7 @@ __all__ = [
     "table_coverage",
 ]
 
+LOG = get_logger("propagate")
 KINDS = ("all", "hard", "easy")
 SNAPSHOT_PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
 CHUNK = 2048
@@ -280,8 +281,9 @@ def propagation_stats(
     }
     anchors_all = torch.arange(n)
     labels_t = acc.labels
-    with torch.no_grad():
+    with torch.no_grad(), progress(f"{where}: propagating", n, "anchors", LOG) as shown:
         for res in _propagate_chunks(g, v, hops, anchors_all, chunk):
+            shown.advance(res.anchors.shape[0], res.anchors.shape[0])
             a, prop = res.anchors, res.prop
             own = None if labels_t is None else labels_t[a]
             # members and same-label members per hop, by scatter: column h-1 = hop h
@@ -408,7 +410,7 @@ def bank_stats(
     norms = vectors.norm(dim=1)
     candidates = repeats = 0
     with torch.no_grad():
-        for start in range(0, n, chunk):
+        for start in track(range(0, n, chunk), f"{where}: duplicates", unit="blocks"):
             anchors = torch.arange(start, min(start + chunk, n))
             concat = propagate_concat(neighbours, anchors, hops)
             exact = propagate_exact(neighbours, anchors, hops)
@@ -504,7 +506,7 @@ def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
                 **summary,
             }
         )
-        log(
+        LOG.info(
             f"propagate: {tag} (epoch {state.get('epoch')}): coverage {rows[-1]['coverage']:.3f}, "
             f"purity all {_fmt(summary['purity']['all'])} hard {_fmt(summary['purity']['hard'])}"
         )
@@ -547,7 +549,9 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
             f"propagate.k = {p.k} but artifacts/graph/{tag} has only k = {width} neighbours "
             "per node; rerun the graph stage with graph.k >= propagate.k"
         )
-    log(f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}")
+    LOG.info(
+        f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}"
+    )
     stats, csr = propagation_stats(
         graph["ids"][:, : p.k], emb.vectors, emb.labels, p.hops, p.n_pos, collect=True
     )
@@ -594,7 +598,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     }
     write_json(Path("reports") / f"propagate_{tag}.json", report)
     last = report["purity"]
-    log(
+    LOG.info(
         f"propagate {tag}: purity within {p.hops} hops: all {_fmt(last['all'])}, "
         f"hard {_fmt(last['hard'])}, easy {_fmt(last['easy'])} in {stats['seconds']:.1f} s"
     )

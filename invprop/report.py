@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, atomic_file, read_json
+from invprop.logs import get_logger
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,6 +64,7 @@ __all__ = [
     "transfer_table",
 ]
 
+LOG = get_logger("report")
 REPORTS_DIR = Path("reports")
 REPORT = REPORTS_DIR / "report.md"
 FIGURES_DIR = REPORTS_DIR / "figures"
@@ -84,10 +85,6 @@ DPI = 110
 # No "Software" tag (it names the matplotlib version): PNG bytes depend on pixels only.
 PNG_METADATA: dict[str, Any] = {"Software": None}
 GRID_SHOW = 8
-
-
-def log(message: str) -> None:
-    print(f"[report] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -740,7 +737,7 @@ def build_report(cfg: Config, folder: Path) -> str:
     for table in tables:
         md += [table.markdown(), ""]
 
-    log("training curves")
+    LOG.info("training curves")
     md += ["## Training", ""]
     plot_training_curves(curves, folder / "training_curves.png")
     md += _figure_line(
@@ -771,7 +768,7 @@ def build_report(cfg: Config, folder: Path) -> str:
             "",
         ]
 
-    log("propagation purity")
+    LOG.info("propagation purity")
     md += ["## Propagated positives", ""]
     md += _propagation_tables(stats, graph_report)
     plot_purity_hop(stats, folder / "purity_hop.png")
@@ -799,11 +796,13 @@ def build_report(cfg: Config, folder: Path) -> str:
             "",
         ]
 
-    log(f"{cfg.report.anchors} neighbour grids")
+    LOG.info(f"{cfg.report.anchors} neighbour grids")
     md += ["## Neighbours and positives of a few images", ""]
     md += _neighbour_grids(cfg, embeddings["train_labels"], folder)
 
-    log(f"embedding maps of {min(cfg.report.map_points, len(embeddings['test_labels']))} points")
+    LOG.info(
+        f"embedding maps of {min(cfg.report.map_points, len(embeddings['test_labels']))} points"
+    )
     md += ["## Map of the test embeddings", ""]
     md += _embedding_maps(
         embeddings["test_embeddings"], embeddings["test_labels"], classes, cfg, folder
@@ -819,4 +818,4 @@ def run(cfg: Config) -> None:
         figures = sorted(p.name for p in tmp.glob("*.png"))
     with atomic_file(REPORT) as tmp_md:
         tmp_md.write_text(markdown)
-    log(f"{REPORT} with {len(figures)} figures in {FIGURES_DIR}/")
+    LOG.info(f"{REPORT} with {len(figures)} figures in {FIGURES_DIR}/")

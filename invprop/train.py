@@ -23,7 +23,6 @@ noise (tests/test_distributed.py); rank 0 alone writes checkpoints, curves and p
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,19 +56,15 @@ from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
 from invprop.knn import knn_accuracy
+from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
 
+LOG = get_logger("pretrain")
 OUT_DIR = Path("models/pretrain")
 DVCLIVE_DIR = Path("dvclive/pretrain")
 MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
-
-
-def log(message: str) -> None:
-    """Progress on stderr, from rank 0 only under torchrun."""
-    if Ranks.from_env().is_main:
-        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
 
 
 def log_row(live: Any, row: dict[str, float]) -> None:
@@ -217,19 +212,19 @@ def resume_state(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
         state = load_checkpoint(last)
     except InvpropError as exc:
         snapshots = sorted((out_dir / "snapshots").glob("epoch_*.pt"), reverse=True)
-        log(f"warning: {exc}")
+        LOG.warning(f"{exc}")
         for snapshot in snapshots:
             try:
                 state = load_checkpoint(snapshot)
             except InvpropError:
                 continue
-            log(f"warning: resuming from the last good snapshot {snapshot} instead")
+            LOG.warning(f"resuming from the last good snapshot {snapshot} instead")
             break
         else:
-            log("warning: no usable snapshot either; starting afresh")
+            LOG.warning("no usable snapshot either; starting afresh")
             return None
     if state["params_hash"] != training_hash(cfg):
-        log(f"params changed since {last} was written; starting afresh")
+        LOG.info(f"params changed since {last} was written; starting afresh")
         return None
     return state
 
@@ -294,7 +289,7 @@ def _train(
     previous = resume_state(cfg, out_dir)
     if previous is not None:
         state.restore(previous)
-        log(f"resuming from epoch {state.epoch} of {p.epochs}")
+        LOG.info(f"resuming from epoch {state.epoch} of {p.epochs}")
     elif p.bank_init == "random":
         bank.init_random(torch.Generator(device=device).manual_seed(cfg.seed))
     else:
@@ -311,7 +306,7 @@ def _train(
             batch_statistics=True,
         )
         bank.init_from(embeddings.to(device))
-        log("bank and neighbour table filled by a forward pass of the initial network")
+        LOG.info("bank and neighbour table filled by a forward pass of the initial network")
     broadcast_(bank.vectors, bank.neighbours)  # GPUs may differ in the last bit
     model: torch.nn.Module = encoder
     if ranks.distributed:  # DDP also starts every rank from rank 0's weights
@@ -336,9 +331,14 @@ def _train(
         model.train()
         sums = torch.zeros(3, device=device)
         start = time.perf_counter()
-        for step_in_epoch, (images, indices) in enumerate(
-            data.batches(p.batch_size, cfg.seed, epoch, ranks.rank, ranks.world_size)
-        ):
+        steps = track(
+            data.batches(p.batch_size, cfg.seed, epoch, ranks.rank, ranks.world_size),
+            f"epoch {epoch}/{p.epochs}",
+            total=batches_per_epoch,
+            images=lambda batch: len(batch[1]) * ranks.world_size,
+            logger=LOG,
+        )
+        for step_in_epoch, (images, indices) in enumerate(steps):
             lr = learning_rate(
                 cfg, state.epoch * batches_per_epoch + step_in_epoch, batches_per_epoch
             )
@@ -384,7 +384,7 @@ def _train(
         if p.monitor_knn:
             row["knn_bank_top1"] = monitor_knn(encoder, bank, data.labels, prepared, cfg, device)
         log_row(live, row)
-        log(
+        LOG.info(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         checkpoint = state.to_checkpoint(cfg)

@@ -520,9 +520,9 @@ def test_cli_bank_stats(workspace, tmp_path):
     [
         (("graph", "neighbours", "150", "--json"), "out of range"),
         (("graph", "neighbours", "--", "-1"), "out of range"),
-        (("graph", "neighbours", "0", "--tag", "epoch_0002"), "not found"),
-        (("propagate", "stats", "--tag", "epoch_0001"), "not found"),
-        (("propagate", "show", "1", "--tag", "nonsense"), "not 'final'"),
+        (("graph", "neighbours", "0", "--tag", "epoch_0002"), "not a tag of artifacts/graph: "),
+        (("propagate", "stats", "--tag", "epoch_0001"), "not a tag of artifacts/propagation: "),
+        (("propagate", "show", "1", "--tag", "nonsense"), "'nonsense' is not a tag"),
         (("propagate", "show", "1", "--hops", "0"), "--hops 0 is out of range"),
         (("propagate", "show", "1", "--hops", "40"), "use 1 to 10"),
         (("bank", "stats", "params.yaml"), "params.yaml is not a torch checkpoint"),

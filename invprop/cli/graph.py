@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import JSON_OPTION, Tags, command, print_json, print_table
 
 graph_app = typer.Typer(help="Inspect the k-NN graph of the embeddings.", no_args_is_help=True)
 propagate_app = typer.Typer(
@@ -23,7 +23,22 @@ propagate_app = typer.Typer(
 )
 bank_app = typer.Typer(help="Inspect the memory bank of a checkpoint.", no_args_is_help=True)
 
-TAG_OPTION = typer.Option("final", "--tag", help="Embeddings tag: final or epoch_NNNN.")
+GRAPH_TAGS = Tags("artifacts/graph")
+PROPAGATION_TAGS = Tags("artifacts/propagation")
+TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=GRAPH_TAGS,
+    autocompletion=GRAPH_TAGS.complete,
+    help="Graph tag: final or epoch_NNNN.",
+)
+PROPAGATION_TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=PROPAGATION_TAGS,
+    autocompletion=PROPAGATION_TAGS.complete,
+    help="Propagation tag: final or epoch_NNNN.",
+)
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="Params file (propagate.k, hops, n_pos)."
 )
@@ -119,7 +134,7 @@ def neighbours(
 
 
 @command(propagate_app, "stats")
-def stats(tag: str = TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
+def stats(tag: str = PROPAGATION_TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Mean set size and label purity per hop (cumulative and new) and against epoch.
 
     Example: invprop propagate stats --tag final --json

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import JSON_OPTION, Device, command, print_json, print_table
 from invprop.errors import InvpropError
 
 SOURCE_ARGUMENT = typer.Argument(
@@ -28,7 +28,7 @@ DATA_OPTION = typer.Option(
     "--data",
     help="Prepared dataset folder (default: data/prepared/<the checkpoint's dataset>).",
 )
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto: the GPU when there is one.")
 BATCH_OPTION = typer.Option(512, "--batch-size", min=1, help="Images per forward pass.")
 
 
@@ -111,7 +111,7 @@ def knn(
     k: list[int] = K_OPTION,
     temperature: float = TEMPERATURE_OPTION,
     data: Path | None = DATA_OPTION,
-    device: str = DEVICE_OPTION,
+    device: Device = DEVICE_OPTION,
     batch_size: int = BATCH_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -56,6 +56,7 @@ def diff(
 def apply(
     preset: Path = typer.Argument(..., help="A preset, e.g. presets/fmnist-gpu.yaml."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file to update."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Merge a preset into params.yaml (validated first; comments kept).
 
@@ -64,6 +65,15 @@ def apply(
     before = load_config(params) if params.exists() else None
     after = apply_preset(params, preset)
     changed = config_diff(before, after) if before is not None else {}
+    if as_json:
+        print_json(
+            {
+                "preset": str(preset),
+                "params": str(params),
+                "changed": {key: {"old": a, "new": b} for key, (a, b) in changed.items()},
+            }
+        )
+        return
     typer.echo(f"applied {preset} to {params}: {len(changed)} value(s) changed")
     for key, (old, new) in changed.items():
         typer.echo(f"  {key}: {old!r} -> {new!r}")

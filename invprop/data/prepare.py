@@ -30,13 +30,14 @@ from invprop.data.sources import (
     SourceFile,
     SourceOptions,
     get_source,
-    say,
     sha256_file,
     stratified_subset,
 )
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, ensure_free_space, write_json
+from invprop.logs import get_logger
 
+LOG = get_logger("prepare")
 PREPARED_DIR = Path("data/prepared")
 REPORTS_DIR = Path("reports")
 # "files" datasets: how many train images are decoded to estimate the channel mean/std.
@@ -65,7 +66,7 @@ def prepare(
     report = Path(report) if report is not None else REPORTS_DIR / f"prepare_{name}.json"
     opts = SourceOptions.from_config(cfg, name)
     where = opts.root or source.default_root
-    say(f"prepare {name}: " + (f"reading {where}" if where else "building"))
+    LOG.info(f"prepare {name}: " + (f"reading {where}" if where else "building"))
     raw = source.read(opts)
 
     # Subsets are for quick runs of the main dataset; transfer targets are used whole.
@@ -150,7 +151,7 @@ def prepare(
         },
     )
     counts = meta["counts"]
-    say(
+    LOG.info(
         f"prepare {name}: {counts['train']} train / {counts['test']} test images, "
         f"{len(raw.classes)} classes, shape {shape}, {size_bytes / 1e6:.1f} MB -> {out} "
         f"({seconds:.1f} s)"
