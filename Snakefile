@@ -241,6 +241,8 @@ rule report:
         "stages/report.py",
         "invprop/report.py",
         "invprop/inspect.py",
+        "invprop/explorer.py",
+        "invprop/explorer.html",
         "reports/evaluate.json",
         "reports/transfer.json",
         "reports/pretrain.json",
@@ -249,12 +251,15 @@ rule report:
         "reports/graph_final.json",
         "reports/propagate_final.json",
         "dvclive/pretrain/plots/metrics",
-        "artifacts/embeddings/final",
-        "artifacts/graph/final",
+        # every tag's embeddings and graph: the explorer page switches between them
+        expand("artifacts/embeddings/{tag}", tag=TAGS),
+        "artifacts/embeddings/instance_discrimination",
+        expand("artifacts/graph/{tag}", tag=TAGS),
         "artifacts/propagation/final",
         PREPARED,
     output:
         report("reports/report.md", category="Report"),
+        directory("reports/explorer"),
         report(
             directory("reports/figures"),
             patterns=["{name}.png"],
@@ -262,6 +267,6 @@ rule report:
             labels={"figure": "{name}"},
         ),
     params:
-        tracked=tracked("seed", "data.name", "propagate", "report"),
+        tracked=tracked("seed", "data.name", "embed.tags", "propagate", "report"),
     shell:
         "python stages/report.py"

@@ -198,6 +198,10 @@ class TransferConfig:
 class ReportConfig:
     anchors: int = _f(4, ge=1)
     map_points: int = _f(2000, ge=10)
+    # reports/explorer/index.html: train images on its map (each adds ~30 KB per tag with
+    # Fashion-MNIST thumbnails: 150 keeps the default page under 5 MB), neighbours shown.
+    explorer_points: int = _f(150, ge=1)
+    explorer_neighbours: int = _f(8, ge=1)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ order, which is also the memory bank's order.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,15 @@ from torch import Tensor
 
 from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, save_npz, write_json
+from invprop.io import (
+    atomic_dir,
+    atomic_file,
+    ensure_free_space,
+    load_npz,
+    read_json,
+    save_npz,
+    write_json,
+)
 from invprop.logs import get_logger, track
 
 if TYPE_CHECKING:
@@ -47,9 +56,11 @@ __all__ = [
     "check_compatible",
     "checkpoint_for_tag",
     "embed_checkpoint",
+    "embed_folder",
     "extract",
     "inference_autocast",
     "load_embeddings",
+    "load_folder_embeddings",
     "normalisation",
     "resolve_device",
     "run",
@@ -319,6 +330,88 @@ def load_embeddings(folder: str | Path) -> EmbeddingSet:
     meta_path = folder / "meta.json"
     meta = read_json(meta_path, "embeddings meta") if meta_path.exists() else {}
     return EmbeddingSet(folder, arrays, meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Any folder of images, with nothing but a checkpoint: `invprop embed CKPT FOLDER --out F`
+
+FOLDER_KEYS = ("features", "embeddings", "labels", "paths", "classes", "meta")
+
+
+def embed_folder(
+    checkpoint: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    batch_size: int = 256,
+    device: str | torch.device | None = "auto",
+) -> dict[str, Any]:
+    """Embed every image of `folder` (class sub-folders, or a flat folder: labels -1) with
+    the checkpoint's recorded preprocessing, and write `out` (.npz, atomically):
+
+        features [N, F] float32   embeddings [N, d] float32   labels [N] int64
+        paths [N] str (relative to folder)   classes [C] str   meta: JSON str
+
+    Returns the meta (checkpoint, its sha256 and epoch, folder, counts, preprocessing).
+    """
+    from invprop.checkpoint import (
+        checkpoint_preprocessing,
+        encoder_from_checkpoint,
+        file_sha256,
+        load_checkpoint,
+    )
+    from invprop.data.imagefolder import scan_folder
+    from invprop.data.prepared import ImageFiles, Split
+
+    folder = Path(folder)
+    state = load_checkpoint(checkpoint)
+    pre = checkpoint_preprocessing(state, str(checkpoint))
+    scanned = scan_folder(folder)
+    classes = sorted(name for name in scanned if name is not None)
+    files: list[str] = []
+    labels: list[int] = []
+    for name, paths in scanned.items():
+        files += [p.relative_to(folder).as_posix() for p in paths]
+        labels += [-1 if name is None else classes.index(name)] * len(paths)
+    shape = (pre["channels"], pre["stored_size"], pre["stored_size"])
+    split = Split(folder.name, ImageFiles(folder, files, shape), np.asarray(labels, np.int64))
+    dev = resolve_device(device)
+    encoder, cfg, _ = encoder_from_checkpoint(state, dev)
+    statistics = {"mean": pre["mean"], "std": pre["std"]}
+    features, embeddings = extract(encoder, split, statistics, cfg, dev, batch_size)
+    meta = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "epoch": int(state["epoch"]),
+        "folder": str(folder),
+        "counts": {"images": len(files), "labelled": int(sum(label >= 0 for label in labels))},
+        "preprocessing": pre,
+    }
+    arrays = {
+        "features": features.numpy(),
+        "embeddings": embeddings.numpy(),
+        "labels": split.labels,
+        "paths": np.asarray(files, dtype=str),
+        "classes": np.asarray(classes, dtype=str),
+        "meta": np.asarray(json.dumps(meta, sort_keys=True)),
+    }
+    with atomic_file(out) as tmp:
+        save_npz(tmp, arrays)
+    LOG.info(f"{len(files)} images of {folder} -> {out}")
+    return meta
+
+
+def load_folder_embeddings(path: str | Path) -> dict[str, Any]:
+    """An `invprop embed CKPT FOLDER` output: its arrays, classes as a list, meta as a dict."""
+    arrays = load_npz(path, "folder embeddings")
+    missing = [key for key in FOLDER_KEYS if key not in arrays]
+    if missing:
+        raise InvpropError(
+            f"{path} lacks array {missing[0]!r}; write it with invprop embed CKPT FOLDER --out"
+        )
+    return arrays | {
+        "classes": [str(c) for c in arrays["classes"]],
+        "meta": json.loads(str(arrays["meta"])),
+    }
 
 
 def embed_checkpoint(

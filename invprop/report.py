@@ -41,6 +41,7 @@ import numpy as np
 
 from invprop.config import Config
 from invprop.errors import InvpropError
+from invprop.explorer import EXPLORER_DIR, write_explorer
 from invprop.io import atomic_dir, atomic_file, read_json
 from invprop.logs import get_logger
 
@@ -704,6 +705,9 @@ def _check_inputs(cfg: Config) -> dict[str, Path]:
     }
     for name in ("loss", "lr"):
         _require(CURVES_DIR / f"{name}.tsv", "pretrain")
+    for tag in cfg.embed.tags:  # the explorer page shows every tag
+        _require(Path("artifacts/embeddings") / tag / "embeddings.npz", f"embed@{tag}")
+        _require(Path("artifacts/graph") / tag / "graph.npz", f"graph@{tag}")
     return paths
 
 
@@ -816,6 +820,8 @@ def run(cfg: Config) -> None:
     with atomic_dir(FIGURES_DIR) as tmp:
         markdown = build_report(cfg, tmp)
         figures = sorted(p.name for p in tmp.glob("*.png"))
+    with atomic_dir(EXPLORER_DIR) as tmp:
+        write_explorer(cfg, tmp)
     with atomic_file(REPORT) as tmp_md:
         tmp_md.write_text(markdown)
-    LOG.info(f"{REPORT} with {len(figures)} figures in {FIGURES_DIR}/")
+    LOG.info(f"{REPORT} with {len(figures)} figures in {FIGURES_DIR}/, {EXPLORER_DIR}/index.html")

@@ -35,6 +35,7 @@ from invprop.augment import BatchAugment
 from invprop.checkpoint import (
     CHECKPOINT_VERSION,
     build_encoder,
+    image_preprocessing,
     load_checkpoint,
     save_checkpoint,
     training_hash,
@@ -96,9 +97,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     epoch: int = 0
     history: list[dict[str, float]] | None = None
+    preprocessing: dict[str, Any] | None = None  # see invprop.checkpoint
 
     def to_checkpoint(self, cfg: Config) -> dict[str, Any]:
         return {
+            "preprocessing": dict(self.preprocessing or {}),
             "version": CHECKPOINT_VERSION,
             "epoch": self.epoch,
             "params_hash": training_hash(cfg),
@@ -282,8 +285,9 @@ def _train(
         encoder = sync_batchnorm(encoder, device)
     bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
     optimizer = make_optimizer(cfg, encoder)
-    state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = normalisation(prepared.meta, cfg.data.channels)
+    preprocessing = image_preprocessing(cfg, prepared.shape, mean, std)
+    state = TrainState(encoder, bank, optimizer, history=[], preprocessing=preprocessing)
     augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
 
     previous = resume_state(cfg, out_dir)

@@ -14,7 +14,7 @@ from typing import Literal
 import typer
 
 from invprop import __version__
-from invprop.cli import ckpt, data, graph, knn, metrics, params
+from invprop.cli import ckpt, data, embed, graph, knn, metrics, params
 from invprop.cli.common import JSON_OPTION, OneLineErrors, command, print_json
 from invprop.logs import setup_logging
 from invprop.pipeline import STAGES
@@ -53,6 +53,7 @@ app.add_typer(ckpt.app, name="ckpt")
 app.add_typer(graph.graph_app, name="graph")
 app.add_typer(graph.propagate_app, name="propagate")
 app.add_typer(graph.bank_app, name="bank")
+embed.register(app)
 knn.register(app)
 metrics.register(app)
 

@@ -50,7 +50,8 @@ class OneLineErrors(TyperGroup):
 class Tags:
     """Artifact tags (final, epoch_NNNN) present under `folder` (relative to the working
     directory, as every artifact path): completed in the shell, anything else refused
-    with the list. Pass `parser=Tags(folder)` and `autocompletion=Tags(folder).complete`."""
+    with the list (before any artifact exists, a tag of the wrong form). Pass
+    `parser=Tags(folder)` and `autocompletion=Tags(folder).complete`."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
@@ -63,10 +64,15 @@ class Tags:
         return sorted(p.name for p in self.folder.iterdir() if TAG_PATTERN.match(p.name))
 
     def __call__(self, value: str) -> str:
+        from invprop.graph import TAG_PATTERN
+
         present = self.present()
-        if value not in present:
-            listing = ", ".join(present) if present else "none yet (run dvc repro)"
-            raise typer.BadParameter(f"{value!r} is not a tag of {self.folder}: {listing}")
+        if present and value not in present:
+            raise typer.BadParameter(
+                f"{value!r} is not a tag of {self.folder}: {', '.join(present)}"
+            )
+        if not TAG_PATTERN.match(value):  # no artifacts yet: the form, at least
+            raise typer.BadParameter(f"{value!r} is not 'final' or 'epoch_NNNN'")
         return value
 
     def complete(self, incomplete: str) -> list[str]:
