@@ -260,6 +260,7 @@ rule report:
     output:
         report("reports/report.md", category="Report"),
         directory("reports/explorer"),
+        directory("reports/plots"),
         report(
             directory("reports/figures"),
             patterns=["{name}.png"],

@@ -167,8 +167,11 @@ def render_page(data: dict[str, Any]) -> str:
 def write_explorer(cfg: Config, folder: Path, root: str | Path = ".") -> Path:
     """Write `folder`/index.html for the tags of cfg.embed.tags (final first)."""
     tags = sorted(cfg.embed.tags, key=lambda tag: (tag != "final", tag))
-    page = render_page(explorer_data(cfg, tags, root))
+    data = explorer_data(cfg, tags, root)
+    page = render_page(data)
     path = folder / "index.html"
     path.write_text(page)
-    LOG.info(f"explorer: {len(page) / 1e6:.2f} MB, {cfg.report.explorer_points} points")
+    LOG.info(
+        f"explorer: {len(data['sample'])} images, tags {', '.join(tags)}: {len(page) / 1e6:.2f} MB"
+    )
     return path

@@ -69,6 +69,7 @@ LOG = get_logger("report")
 REPORTS_DIR = Path("reports")
 REPORT = REPORTS_DIR / "report.md"
 FIGURES_DIR = REPORTS_DIR / "figures"
+PLOTS_DIR = REPORTS_DIR / "plots"  # data files of dvc.yaml's top-level plots
 CURVES_DIR = Path("dvclive/pretrain/plots/metrics")
 TAG = "final"
 DASH = "–"
@@ -523,6 +524,45 @@ def plot_purity_epoch(epochs: list[dict[str, Any]], hops: int, out: Path) -> Non
     _save(fig, out)
 
 
+def _tsv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    lines = ["\t".join(header), *("\t".join(cell(v) for v in row) for row in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_data(stats: dict[str, Any]) -> dict[str, str]:
+    """The purity figures as TSV files for `dvc plots` (dvc.yaml's top-level plots):
+    purity_hop.tsv (per hop, cumulative all / hard / easy and new; sizes) and
+    purity_epoch.tsv (last-hop purity and table coverage per checkpoint). Empty cells:
+    no labelled anchor had a positive."""
+    per_hop = [
+        (
+            row["hop"],
+            row["cumulative"]["purity"],
+            row["cumulative"]["hard_purity"],
+            row["cumulative"]["easy_purity"],
+            row["new"]["purity"],
+            row["cumulative"]["size"],
+            row["new"]["size"],
+        )
+        for row in stats["per_hop"]
+    ]
+    files = {
+        "purity_hop.tsv": _tsv(["hop", "all", "hard", "easy", "new", "size", "new_size"], per_hop)
+    }
+    epochs = sorted(stats.get("epochs") or [], key=lambda row: row["epoch"])
+    files["purity_epoch.tsv"] = _tsv(
+        ["epoch", "all", "hard", "easy", "coverage"],
+        (
+            (row["epoch"], *(row["purity"][kind] for kind in _KIND_STYLE), row["coverage"])
+            for row in epochs
+        ),
+    )
+    return files
+
+
 def plot_map(
     points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str, out: Path
 ) -> None:
@@ -820,6 +860,10 @@ def run(cfg: Config) -> None:
     with atomic_dir(FIGURES_DIR) as tmp:
         markdown = build_report(cfg, tmp)
         figures = sorted(p.name for p in tmp.glob("*.png"))
+    stats = read_json(Path("artifacts/propagation") / TAG / "stats.json", "propagation stats")
+    with atomic_dir(PLOTS_DIR) as tmp:
+        for name, text in plot_data(stats).items():
+            (tmp / name).write_text(text)
     with atomic_dir(EXPLORER_DIR) as tmp:
         write_explorer(cfg, tmp)
     with atomic_file(REPORT) as tmp_md:
