@@ -14,8 +14,9 @@ module holds the plain JavaScript that draws them. It shows, for a seeded sample
 Neighbours and positives come from `invprop.propagation.positives_of` over the graph
 artifact, the code of the propagate stage and of `invprop graph neighbours`. Thumbnails
 are kept for the anchors, the neighbours shown and the hard positives; hop members are
-coloured squares. The page grows with the sample size (about 30 KB per anchor and tag
-for Fashion-MNIST), so `report.explorer_points` keeps it small.
+coloured squares. The page grows with the sample size (at most 1 + tags x (neighbours +
+P) thumbnails of ~0.55 KB each per image for Fashion-MNIST), so `report.explorer_points`
+keeps it small.
 """
 
 from __future__ import annotations

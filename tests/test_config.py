@@ -105,8 +105,11 @@ def test_integer_keys_reject_anything_but_positive_integers(value: object) -> No
         config_from_dict({"pretrain": {"batch_size": value}})
 
 
-@given(epochs=st.integers(2, 1000),  # the default snapshot is at epoch 2
-       lr=st.floats(1e-6, 10), seed=st.integers(0, 2**31))
+@given(
+    epochs=st.integers(2, 1000),  # the default snapshot is at epoch 2
+    lr=st.floats(1e-6, 10),
+    seed=st.integers(0, 2**31),
+)
 def test_overrides_round_trip_through_to_dict(epochs: int, lr: float, seed: int) -> None:
     cfg = config_from_dict({}, [f"pretrain.epochs={epochs}", f"pretrain.lr={lr!r}", f"seed={seed}"])
     assert config_from_dict(cfg.to_dict()) == cfg
