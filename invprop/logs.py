@@ -92,7 +92,7 @@ class _PlainHandler(logging.StreamHandler):  # type: ignore[type-arg]
     and CliRunner swap it), so a set-up never writes to a stream closed since."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(_settings.out())
+        self.stream = _settings.out()  # not setStream(), which flushes the old, closed one
         super().emit(record)
 
 

@@ -92,3 +92,18 @@ def test_verbosity_and_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()]
     assert lines == ["[graph] warning: shown", "[graph] detail"]
     assert logging.getLogger("invprop").propagate is False
+
+
+def test_plain_lines_follow_sys_stderr_even_after_a_closed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pytest and CliRunner swap sys.stderr and close the old one: logging keeps working."""
+    logs.setup_logging(terminal=False)
+    log = logs.get_logger("embed")
+    first, second = io.TextIOWrapper(io.BytesIO()), io.StringIO()  # flush() once closed raises
+    monkeypatch.setattr("sys.stderr", first)
+    log.info("one")
+    first.close()
+    monkeypatch.setattr("sys.stderr", second)
+    log.info("two")
+    assert second.getvalue().endswith("[embed] two\n")
