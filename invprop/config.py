@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from invprop.bounds import max_positives
 from invprop.errors import InvpropError
 
 DATASET_NAMES = (
@@ -34,14 +35,6 @@ DATASET_NAMES = (
     "imagefolder",
     "synthetic",
 )
-
-
-def max_positives(k: int, hops: int) -> int:
-    """The largest possible propagated positive set: k + k^2 + ... + k^hops (the width C of a
-    Propagation; a params error above it)."""
-    if k < 1 or hops < 1:
-        raise ValueError(f"need k >= 1 and hops >= 1, got k={k}, hops={hops}")
-    return sum(k**hop for hop in range(1, hops + 1))
 
 
 def _f(default: Any, **checks: Any) -> Any:

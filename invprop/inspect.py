@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from invprop.config import PropagateConfig, max_positives
+from invprop.bounds import max_positives
+from invprop.config import PropagateConfig
 from invprop.errors import InvpropError
 from invprop.propagation import load_checked_graph, positives_of
 

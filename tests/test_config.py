@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from invprop.bounds import max_positives
 from invprop.config import (
     Config,
     apply_preset,
@@ -16,7 +19,6 @@ from invprop.config import (
     config_from_dict,
     deep_merge,
     load_config,
-    max_positives,
 )
 from invprop.errors import InvpropError
 
@@ -145,3 +147,16 @@ def test_section_hash_changes_only_with_its_section() -> None:
     assert a.section_hash("data") != config_from_dict({}, ["data.image_size=32"]).section_hash(
         "data"
     )
+
+
+def test_config_imports_no_torch_and_the_method_core_no_config():
+    """config.py stays torch-free (fast `invprop --help`); the method core gets
+    max_positives from invprop.bounds, not from the params layer."""
+    code = (
+        "import sys, invprop.config; torch_by_config = 'torch' in sys.modules; "
+        "del sys.modules['invprop.config']; import invprop.method; "
+        "print(torch_by_config, 'invprop.config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
