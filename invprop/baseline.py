@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 from invprop.config import Config
-from invprop.embed import EMBEDDINGS_DIR, embed_checkpoint
+from invprop.embed import embed_checkpoint
 from invprop.io import atomic_dir, write_json
+from invprop.workspace import (
+    INSTANCE_DISCRIMINATION,
+    INSTANCE_DISCRIMINATION_EMBEDDINGS,
+    INSTANCE_DISCRIMINATION_OFF,
+    write_stage_report,
+)
 
-__all__ = ["MODEL_DIR", "NOT_RUN", "OUT_DIR", "REPORT", "instance_config", "run"]
-
-MODEL_DIR = Path("models/instance_discrimination")
-LIVE_DIR = Path("dvclive/instance_discrimination")
-OUT_DIR = EMBEDDINGS_DIR / "instance_discrimination"
-REPORT = Path("reports/instance_discrimination.json")
-NOT_RUN = "not run (evaluate.baselines.instance_discrimination is off)"
+__all__ = ["instance_config", "run"]
 
 
 def log(message: str) -> None:
@@ -51,12 +50,14 @@ def instance_config(cfg: Config) -> Config:
 def run(cfg: Config) -> None:
     """The stage: train (or resume) and embed the baseline, or record that it is off."""
     if not cfg.evaluate.baselines.instance_discrimination:
-        MODEL_DIR.mkdir(parents=True, exist_ok=True)
-        (LIVE_DIR / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
-        with atomic_dir(OUT_DIR) as tmp:
-            write_json(tmp / "status.json", {"status": NOT_RUN})
-        write_json(REPORT, {"status": NOT_RUN})
-        log(f"{NOT_RUN}; wrote {OUT_DIR}/status.json")
+        INSTANCE_DISCRIMINATION.checkpoints.mkdir(parents=True, exist_ok=True)
+        INSTANCE_DISCRIMINATION.metrics.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(INSTANCE_DISCRIMINATION_EMBEDDINGS) as tmp:
+            write_json(tmp / "status.json", {"status": INSTANCE_DISCRIMINATION_OFF})
+        write_stage_report("instance_discrimination", {"status": INSTANCE_DISCRIMINATION_OFF})
+        log(
+            f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/status.json"
+        )
         return
 
     from invprop.distributed import Ranks, relaunched
@@ -65,9 +66,20 @@ def run(cfg: Config) -> None:
     if relaunched("instance_discrimination", cfg):
         return
     baseline = instance_config(cfg)
-    summary = train(baseline, MODEL_DIR, LIVE_DIR)
+    summary = train(baseline, INSTANCE_DISCRIMINATION)
     if not Ranks.from_env().is_main:  # rank 0 embeds and reports
         return
-    meta = embed_checkpoint(baseline, MODEL_DIR / "final.pt", OUT_DIR, "instance_discrimination")
-    write_json(REPORT, summary | {"embeddings": str(OUT_DIR), "dims": meta["dims"]})
-    log(f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> {OUT_DIR}")
+    meta = embed_checkpoint(
+        baseline,
+        INSTANCE_DISCRIMINATION.final,
+        INSTANCE_DISCRIMINATION_EMBEDDINGS,
+        "instance_discrimination",
+    )
+    write_stage_report(
+        "instance_discrimination",
+        summary | {"embeddings": str(INSTANCE_DISCRIMINATION_EMBEDDINGS), "dims": meta["dims"]},
+    )
+    log(
+        f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> "
+        f"{INSTANCE_DISCRIMINATION_EMBEDDINGS}"
+    )

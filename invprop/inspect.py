@@ -13,7 +13,8 @@ import numpy as np
 from invprop.bounds import max_positives
 from invprop.config import PropagateConfig
 from invprop.errors import InvpropError
-from invprop.propagation import load_checked_graph, positives_of
+from invprop.propagation import positives_of
+from invprop.workspace import load_checked_graph, prepared_dataset, prepared_dir
 
 # widest positive set one inspection walks (k + k^2 + ... + k^hops slots)
 MAX_WIDTH = 1 << 22
@@ -23,13 +24,10 @@ def _prepared(dataset: str | None) -> Any | None:
     """The prepared dataset the embeddings came from, or None when it is not there."""
     if not dataset:
         return None
-    from invprop.data import load_prepared
-
-    folder = Path("data") / "prepared" / dataset
-    if not folder.is_dir():
+    if not prepared_dir(dataset).is_dir():
         return None
     try:
-        return load_prepared(folder)
+        return prepared_dataset(dataset)
     except InvpropError:
         return None  # class names fall back to numbers; the PNG says what is missing
 
@@ -81,9 +79,9 @@ def inspect_anchor(
         )
     prepared = _prepared(emb.dataset)
     classes = prepared.classes if prepared is not None else None
-    labels = emb.labels
+    labels = emb.train_labels
     own = int(labels[index])
-    found = positives_of(graph["ids"][:, :k], emb.vectors, index, hops, p.n_pos)
+    found = positives_of(graph["ids"][:, :k], emb.train_vectors, index, hops, p.n_pos)
     result: dict[str, Any] = {
         "tag": tag,
         "index": index,

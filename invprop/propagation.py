@@ -28,7 +28,7 @@ takes [B, n] similarities, so :func:`select_from_sims` feeds it per-candidate si
 
 from __future__ import annotations
 
-import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,25 +42,17 @@ from torch import Tensor
 
 from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.graph import (
-    Embeddings,
-    check_tag,
-    graph_dir,
-    load_embeddings,
-    load_graph,
-    log,
-)
-from invprop.io import (
-    atomic_dir,
-    ensure_free_space,
-    file_sha256,
-    load_npz,
-    read_json,
-    save_npz,
-    write_json,
-)
+from invprop.io import file_sha256
 from invprop.method.loss import select_positives
 from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
+from invprop.workspace import (
+    PRETRAIN,
+    graph_dir,
+    load_checked_graph,
+    prepared_train_labels,
+    save_propagation,
+    write_stage_report,
+)
 
 __all__ = [
     "KINDS",
@@ -68,27 +60,16 @@ __all__ = [
     "bank_stats",
     "epoch_stats",
     "last_hop_summary",
-    "load_checked_graph",
-    "load_positives",
-    "load_stats",
     "positives_of",
-    "prepared_train_labels",
-    "propagation_dir",
     "propagation_stats",
     "run",
     "select_from_sims",
-    "snapshot_paths",
     "table_coverage",
 ]
 
 KINDS = ("all", "hard", "easy")
-SNAPSHOT_PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
 CHUNK = 2048
 CHUNK_SLOTS = 1 << 22
-
-
-def propagation_dir(tag: str, root: str | Path = ".") -> Path:
-    return Path(root) / "artifacts" / "propagation" / check_tag(tag)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,25 +423,8 @@ def bank_stats(
     }
 
 
-def snapshot_paths(root: str | Path = ".") -> list[tuple[str, Path]]:
-    """(tag, path) of every pretrain snapshot, by epoch, then final.pt when present."""
-    folder = Path(root) / "models" / "pretrain"
-    found = []
-    for path in (folder / "snapshots").glob("epoch_*.pt"):
-        match = SNAPSHOT_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), f"epoch_{int(match.group(1)):04d}", path))
-    found.sort()
-    out = [(tag, path) for _, tag, path in found]
-    if (folder / "final.pt").is_file():
-        out.append(("final", folder / "final.pt"))
-    return out
-
-
-def prepared_train_labels(dataset: str, root: str | Path = ".") -> np.ndarray:
-    from invprop.data import load_prepared
-
-    return np.asarray(load_prepared(Path(root) / "data" / "prepared" / dataset).train.labels)
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
@@ -469,7 +433,7 @@ def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
 
     rows = []
     labels_cache: dict[str, np.ndarray] = {}
-    paths = snapshot_paths(root)
+    paths = PRETRAIN.under(root).tagged_checkpoints()
     if not paths:
         warnings.warn(
             "no pretrain snapshots or final.pt under models/pretrain: purity against epoch "
@@ -519,23 +483,6 @@ def _fmt(value: float | None) -> str:
 # Stage
 
 
-def load_checked_graph(
-    tag: str, root: str | Path = "."
-) -> tuple[dict[str, np.ndarray], dict[str, Any], Embeddings]:
-    """The graph of ``tag`` and the embeddings it was built from, checked to belong together."""
-    graph, stats = load_graph(tag, root)
-    emb = load_embeddings(tag, root)
-    n = graph["ids"].shape[0]
-    source = stats.get("embeddings", {}).get("sha256")
-    if n != emb.n or source != emb.sha256:
-        raise InvpropError(
-            f"artifacts/graph/{tag} was not built from {emb.path} (graph: N={n}, source "
-            f"sha256 {str(source)[:12]}; embeddings: N={emb.n}, sha256 {emb.sha256[:12]}); "
-            f"rerun the graph stage for {tag}"
-        )
-    return graph, stats, emb
-
-
 def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     """Propagate over the graph of ``tag`` and over every snapshot's bank; write the stats."""
     p = cfg.propagate
@@ -549,7 +496,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
         )
     log(f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}")
     stats, csr = propagation_stats(
-        graph["ids"][:, : p.k], emb.vectors, emb.labels, p.hops, p.n_pos, collect=True
+        graph["ids"][:, : p.k], emb.train_vectors, emb.train_labels, p.hops, p.n_pos, collect=True
     )
     assert csr is not None
     graph_seconds = time.perf_counter() - start
@@ -563,15 +510,10 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
         "graph_sha256": file_sha256(graph_dir(tag) / "graph.npz"),
         "epochs": epochs,
     }
-    out = propagation_dir(tag)
-    ensure_free_space(out.parent, sum(a.nbytes for a in csr.values()), "positive sets")
-    with atomic_dir(out) as tmp:
-        save_npz(tmp / "positives.npz", csr)
-        # Timings go to the report only: equal inputs give an equal artifact.
-        write_json(
-            tmp / "stats.json",
-            {k: v for k, v in stats.items() if k not in ("graph_seconds", "seconds")},
-        )
+    # Timings go to the report only: equal inputs give an equal artifact.
+    save_propagation(
+        tag, csr, {k: v for k, v in stats.items() if k not in ("graph_seconds", "seconds")}
+    )
     report = {
         "tag": tag,
         "n": stats["n"],
@@ -592,24 +534,10 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
         ],
         "seconds": stats["seconds"],
     }
-    write_json(Path("reports") / f"propagate_{tag}.json", report)
+    write_stage_report(f"propagate_{tag}", report)
     last = report["purity"]
     log(
         f"propagate {tag}: purity within {p.hops} hops: all {_fmt(last['all'])}, "
         f"hard {_fmt(last['hard'])}, easy {_fmt(last['easy'])} in {stats['seconds']:.1f} s"
     )
     return stats
-
-
-def load_positives(tag: str, root: str | Path = ".") -> dict[str, np.ndarray]:
-    """positives.npz of ``tag`` with its CSR layout checked."""
-    path = propagation_dir(tag, root) / "positives.npz"
-    arrays = load_npz(path, "positive sets")
-    needed = ("indptr", "ids", "hop", "hard_indptr", "hard_ids", "easy_indptr", "easy_ids")
-    if any(key not in arrays for key in needed) or arrays["indptr"][-1] != arrays["ids"].size:
-        raise InvpropError(f"{path} is not a positives artifact; rerun the propagate stage")
-    return arrays
-
-
-def load_stats(tag: str, root: str | Path = ".") -> dict[str, Any]:
-    return read_json(propagation_dir(tag, root) / "stats.json", "propagation stats.json")

@@ -26,7 +26,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from invprop.checkpoint import (
     training_hash,
 )
 from invprop.config import Config
-from invprop.data import PreparedDataset, load_prepared
+from invprop.data import PreparedDataset
 from invprop.data.loader import batch_sizes, train_source
 from invprop.distributed import (
     Ranks,
@@ -55,13 +54,11 @@ from invprop.distributed import (
 )
 from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
-from invprop.io import write_json
 from invprop.knn import knn_accuracy
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
+from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset, write_stage_report
 
-OUT_DIR = Path("models/pretrain")
-DVCLIVE_DIR = Path("dvclive/pretrain")
 MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
 
@@ -208,15 +205,15 @@ def check_fits(cfg: Config, n: int, world_size: int = 1) -> None:
         )
 
 
-def resume_state(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
+def resume_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None to start afresh (with the reason logged)."""
-    last = out_dir / "last.pt"
+    last = run.last
     if not last.exists():
         return None
     try:
         state = load_checkpoint(last)
     except InvpropError as exc:
-        snapshots = sorted((out_dir / "snapshots").glob("epoch_*.pt"), reverse=True)
+        snapshots = [path for _, path in reversed(run.snapshots())]
         log(f"warning: {exc}")
         for snapshot in snapshots:
             try:
@@ -258,7 +255,7 @@ def monitor_knn(
     return result[MONITOR_K]["top1"]
 
 
-def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) -> dict[str, Any]:
+def train(cfg: Config, run: TrainingRun = PRETRAIN) -> dict[str, Any]:
     """Pretrain (or resume) and write last.pt, snapshots and final.pt; return the summary.
 
     Under torchrun every rank runs this: each trains on its share of every global batch,
@@ -267,16 +264,14 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
     ranks = Ranks.from_env()
     device = rank_device(resolve_device(cfg.pretrain.device), ranks)
     with process_group(ranks, device):
-        return _train(cfg, out_dir, live_dir, ranks, device)
+        return _train(cfg, run, ranks, device)
 
 
-def _train(
-    cfg: Config, out_dir: Path, live_dir: Path, ranks: Ranks, device: torch.device
-) -> dict[str, Any]:
+def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) -> dict[str, Any]:
     p = cfg.pretrain
     if p.threads:
         torch.set_num_threads(p.threads)
-    prepared = load_prepared(Path("data/prepared") / cfg.data.name)
+    prepared = prepared_dataset(cfg.data.name)
     data = train_source(prepared, cfg, device)
     check_fits(cfg, data.n, ranks.world_size)
 
@@ -291,7 +286,7 @@ def _train(
     mean, std = normalisation(prepared.meta, cfg.data.channels)
     augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
 
-    previous = resume_state(cfg, out_dir)
+    previous = resume_state(cfg, run)
     if previous is not None:
         state.restore(previous)
         log(f"resuming from epoch {state.epoch} of {p.epochs}")
@@ -324,7 +319,7 @@ def _train(
     if ranks.is_main:
         from dvclive import Live
 
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+        live = Live(dir=str(run.curves), save_dvc_exp=False, dvcyaml=False)
         for row in state.history:  # replay, so the curves survive a resume
             log_row(live, row)
 
@@ -365,7 +360,7 @@ def _train(
         if not all(math.isfinite(v) for v in means):
             raise InvpropError(
                 f"the loss became {means[0]} in epoch {epoch}; stopped without saving it. "
-                f"The last good checkpoint ({out_dir / 'last.pt'}, epoch {state.epoch}) is kept; "
+                f"The last good checkpoint ({run.last}, epoch {state.epoch}) is kept; "
                 "lower pretrain.lr or use precision fp32"
             )
         state.epoch = epoch
@@ -391,13 +386,13 @@ def _train(
         # The snapshot first: until last.pt says this epoch is done, a restart redoes the
         # epoch and so rewrites a snapshot that a kill cut short.
         if epoch in p.snapshot_epochs:
-            save_checkpoint(out_dir / "snapshots" / f"epoch_{epoch:04d}.pt", checkpoint)
-        save_checkpoint(out_dir / "last.pt", checkpoint)
+            save_checkpoint(run.snapshot(epoch), checkpoint)
+        save_checkpoint(run.last, checkpoint)
 
     if live is not None:
         live.end()
     if ranks.is_main:
-        save_checkpoint(out_dir / "final.pt", state.to_checkpoint(cfg))
+        save_checkpoint(run.final, state.to_checkpoint(cfg))
     last = state.history[-1]
     summary = {
         "epochs": state.epoch,
@@ -417,4 +412,4 @@ def run(cfg: Config) -> None:
         return
     summary = train(cfg)
     if Ranks.from_env().is_main:
-        write_json("reports/pretrain.json", summary)
+        write_stage_report("pretrain", summary)

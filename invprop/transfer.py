@@ -61,8 +61,6 @@ import torch.nn.functional as F
 from invprop.config import AugmentConfig, Config
 from invprop.data.loader import batch_sizes, epoch_batches
 from invprop.embed import (
-    PREPARED_DIR,
-    PRETRAIN_DIR,
     check_compatible,
     extract,
     inference_autocast,
@@ -70,7 +68,13 @@ from invprop.embed import (
     resolve_device,
 )
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, write_json
+from invprop.workspace import (
+    PRETRAIN,
+    prepared_dataset,
+    prepared_dir,
+    save_transfer_subsets,
+    write_stage_report,
+)
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -79,9 +83,6 @@ if TYPE_CHECKING:
 __all__ = [
     "FINETUNE_AUGMENT",
     "MIN_STEPS_PER_EPOCH",
-    "REPORT",
-    "SUBSETS_DIR",
-    "TRANSFER_DIR",
     "FinetuneResult",
     "balanced_subset",
     "cosine_lr",
@@ -94,9 +95,6 @@ __all__ = [
     "transfer",
 ]
 
-REPORT = Path("reports/transfer.json")
-TRANSFER_DIR = Path("artifacts/transfer")
-SUBSETS_DIR = TRANSFER_DIR / "subsets"
 
 # The fine-tuning augmentation, one recipe for every fine-tune (semi-supervised, transfer,
 # baseline): a light random resized crop (area 80-100%, aspect 3/4-4/3), no flip, no
@@ -336,17 +334,15 @@ def linear_transfer(
 # The stage
 
 
-def load_target(name: str, prepared_dir: Path = PREPARED_DIR) -> PreparedDataset:
+def load_target(name: str) -> PreparedDataset:
     """The prepared transfer target `name`, checked: present, labelled, 1 or 3 channels."""
-    from invprop.data import load_prepared
-
-    folder = Path(prepared_dir) / name
+    folder = prepared_dir(name)
     if not folder.exists():
         raise InvpropError(
             f"transfer target {name!r}: {folder} not found; prepare it with "
             f"`dvc repro prepare_target@{name}` (or `invprop stage prepare {name}`)"
         )
-    target = load_prepared(folder)
+    target = prepared_dataset(name)
     if target.shape[0] not in (1, 3):
         raise InvpropError(f"{folder}/meta.json: shape {target.shape} must have 1 or 3 channels")
     for split in (target.train, target.test):
@@ -361,9 +357,7 @@ def load_target(name: str, prepared_dir: Path = PREPARED_DIR) -> PreparedDataset
 
 
 def transfer(
-    cfg: Config,
-    checkpoint: Path = PRETRAIN_DIR / "final.pt",
-    prepared_dir: Path = PREPARED_DIR,
+    cfg: Config, checkpoint: Path = PRETRAIN.final
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run every protocol; return (flat metrics, {"<dataset>_<pct>": subset indices}).
 
@@ -375,20 +369,19 @@ def transfer(
         encoder_from_checkpoint,
         load_checkpoint,
     )
-    from invprop.data import load_prepared
 
     start = time.perf_counter()
     device = resolve_device(cfg.pretrain.device)
     if cfg.pretrain.threads:
         torch.set_num_threads(cfg.pretrain.threads)
-    checkpoint, prepared_dir = Path(checkpoint), Path(prepared_dir)
+    checkpoint = Path(checkpoint)
 
     # Validate everything up front.
     state = load_checkpoint(checkpoint)
     ckpt_cfg = checkpoint_config(state)
-    main = load_prepared(prepared_dir / cfg.data.name)
+    main = prepared_dataset(cfg.data.name)
     check_compatible(ckpt_cfg, cfg, main, str(checkpoint))
-    targets = {name: load_target(name, prepared_dir) for name in cfg.transfer.targets}
+    targets = {name: load_target(name) for name in cfg.transfer.targets}
     labels = {fraction_label(f): f for f in cfg.transfer.semi_fractions}
     if len(labels) != len(cfg.transfer.semi_fractions):
         raise InvpropError(
@@ -480,25 +473,20 @@ def transfer(
 def run(cfg: Config) -> None:
     """The transfer stage: artifacts/transfer/ (subsets) and reports/transfer.json."""
     metrics, subsets = transfer(cfg)
-    with atomic_dir(TRANSFER_DIR) as tmp:
-        folder = tmp / SUBSETS_DIR.relative_to(TRANSFER_DIR)
-        folder.mkdir()
-        for name, indices in subsets.items():
-            np.save(folder / f"{name}.npy", indices)
-        write_json(
-            tmp / "meta.json",
-            {
-                "dataset": cfg.data.name,
-                "seed": cfg.seed,
-                "fractions": {fraction_label(f): f for f in cfg.transfer.semi_fractions},
-                "sizes": {name: int(indices.size) for name, indices in subsets.items()},
-                "rule": SUBSET_RULE,
-            },
-        )
-    write_json(REPORT, metrics)
+    save_transfer_subsets(
+        subsets,
+        {
+            "dataset": cfg.data.name,
+            "seed": cfg.seed,
+            "fractions": {fraction_label(f): f for f in cfg.transfer.semi_fractions},
+            "sizes": {name: int(indices.size) for name, indices in subsets.items()},
+            "rule": SUBSET_RULE,
+        },
+    )
+    report = write_stage_report("transfer", metrics)
     headline = " ".join(
         f"{key}={value:.4f}"
         for key, value in metrics.items()
         if key.endswith("/top1") and not key.startswith("random_init/")
     )
-    log(f"{headline} -> {REPORT} ({metrics['transfer/seconds']:.1f} s)")
+    log(f"{headline} -> {report} ({metrics['transfer/seconds']:.1f} s)")

@@ -16,6 +16,7 @@ from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_s
 from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
 from invprop.train import train
+from invprop.workspace import TrainingRun
 
 # image_size 28 loads at 32 x 32, the size the PNGs are written at: they decode exactly.
 IMAGE_SIZE, WRITTEN_SIZE = 28, 32
@@ -150,7 +151,7 @@ def test_training_on_a_folder_is_the_same_run_with_or_without_workers(
         )
         prepare(cfg, "imagefolder")  # -> data/prepared/imagefolder, where training reads
         run = tmp_path / f"workers_{num_workers}"
-        summary = train(cfg, out_dir=run / "models", live_dir=run / "live")
+        summary = train(cfg, TrainingRun(run / "models", run / "live"))
         assert summary["train_images"] == 27 and summary["epochs"] == 1
         finals.append(load_checkpoint(run / "models/final.pt"))
     assert finals[0]["config"]["pretrain"]["num_workers"] == 0

@@ -91,7 +91,7 @@ def base(tmp_path_factory):
     from invprop import graph, propagation
     from invprop.data import load_prepared
     from invprop.data.prepare import prepare
-    from invprop.embed import save_npz
+    from invprop.io import save_npz
 
     root = tmp_path_factory.mktemp("report")
     cfg = config_from_dict(PARAMS)

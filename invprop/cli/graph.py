@@ -124,9 +124,9 @@ def stats(tag: str = TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
 
     Example: invprop propagate stats --tag final --json
     """
-    from invprop.propagation import load_stats
+    from invprop.workspace import load_propagation_stats
 
-    data = load_stats(tag)
+    data = load_propagation_stats(tag)
     if as_json:
         print_json(data)
         return
@@ -217,14 +217,15 @@ def bank(
     Example: invprop bank stats models/pretrain/final.pt --json
     """
     from invprop.checkpoint import load_checkpoint
-    from invprop.propagation import bank_stats, prepared_train_labels
+    from invprop.propagation import bank_stats
+    from invprop.workspace import prepared_dir, prepared_train_labels
 
     state = load_checkpoint(checkpoint)
     dataset = state.get("config", {}).get("data", {}).get("name")
     labels, labels_from = None, None
-    if dataset and (Path("data") / "prepared" / dataset).is_dir():
+    if dataset and prepared_dir(dataset).is_dir():
         labels = prepared_train_labels(dataset)
-        labels_from = str(Path("data") / "prepared" / dataset)
+        labels_from = str(prepared_dir(dataset))
     data = bank_stats(state, labels, hops, where=str(checkpoint))
     data |= {"checkpoint": str(checkpoint), "labels_from": labels_from}
     if as_json:

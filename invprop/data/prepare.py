@@ -36,9 +36,8 @@ from invprop.data.sources import (
 )
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, ensure_free_space, write_json
+from invprop.workspace import META_FILE, prepared_dir, stage_report
 
-PREPARED_DIR = Path("data/prepared")
-REPORTS_DIR = Path("reports")
 # "files" datasets: how many train images are decoded to estimate the channel mean/std.
 STATS_SAMPLE = 1000
 
@@ -61,8 +60,8 @@ def prepare(
     """
     start = time.perf_counter()
     source = get_source(name)
-    out = Path(out) if out is not None else PREPARED_DIR / name
-    report = Path(report) if report is not None else REPORTS_DIR / f"prepare_{name}.json"
+    out = Path(out) if out is not None else prepared_dir(name)
+    report = Path(report) if report is not None else stage_report(f"prepare_{name}")
     opts = SourceOptions.from_config(cfg, name)
     where = opts.root or source.default_root
     say(f"prepare {name}: " + (f"reading {where}" if where else "building"))
@@ -132,7 +131,7 @@ def prepare(
     with atomic_dir(out) as tmp:
         for split, data in splits.items():
             _write_split(tmp, split, data)
-        write_json(tmp / "meta.json", meta)  # no timings: equal inputs, equal artifact
+        write_json(tmp / META_FILE, meta)  # no timings: equal inputs, equal artifact
 
     size_bytes = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     seconds = round(time.perf_counter() - start, 3)
