@@ -43,6 +43,7 @@ rule prepare:
     input:
         "stages/prepare.py",
         "invprop/data",
+        "invprop/io.py",
     output:
         directory(PREPARED),
         f"reports/prepare_{DATA}.json",
@@ -56,6 +57,7 @@ rule prepare_target:
     input:
         "stages/prepare.py",
         "invprop/data",
+        "invprop/io.py",
     output:
         directory("data/prepared/{target}"),
         "reports/prepare_{target}.json",
@@ -70,11 +72,16 @@ rule prepare_target:
 rule pretrain:
     input:
         "stages/pretrain.py",
-        "invprop/train.py",
-        "invprop/data/loader.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/method",
         "invprop/models.py",
-        "invprop/augment.py",
+        "invprop/train.py",
         PREPARED,
     output:
         # update(): kept between runs, so training resumes from last.pt.
@@ -95,13 +102,17 @@ rule pretrain:
 rule instance_discrimination:
     input:
         "stages/instance_discrimination.py",
+        "invprop/augment.py",
         "invprop/baseline.py",
-        "invprop/train.py",
-        "invprop/data/loader.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/method",
         "invprop/models.py",
-        "invprop/augment.py",
-        "invprop/embed.py",
+        "invprop/train.py",
         PREPARED,
     output:
         update(directory("models/instance_discrimination")),
@@ -128,7 +139,12 @@ rule instance_discrimination:
 rule embed:
     input:
         "stages/embed.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
         "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/models.py",
         "models/pretrain",
         PREPARED,
     output:
@@ -148,7 +164,13 @@ rule embed:
 rule graph:
     input:
         "stages/graph.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
         "invprop/graph.py",
+        "invprop/io.py",
+        "invprop/models.py",
         "invprop/neighbours.py",
         "artifacts/embeddings/{tag}",
     output:
@@ -166,6 +188,15 @@ rule graph:
 rule propagate:
     input:
         "stages/propagate.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
+        "invprop/graph.py",
+        "invprop/io.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/neighbours.py",
         "invprop/propagation.py",
         "artifacts/graph/{tag}",
         "artifacts/embeddings/{tag}",
@@ -186,9 +217,19 @@ rule propagate:
 rule evaluate:
     input:
         "stages/evaluate.py",
+        "invprop/augment.py",
+        "invprop/baseline.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
         "invprop/evaluate.py",
+        "invprop/io.py",
         "invprop/knn.py",
         "invprop/linear.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/train.py",
         "artifacts/embeddings/final",
         "models/pretrain",
         "artifacts/embeddings/instance_discrimination",
@@ -208,9 +249,20 @@ rule evaluate:
 rule transfer:
     input:
         "stages/transfer.py",
-        "invprop/transfer.py",
+        "invprop/augment.py",
+        "invprop/baseline.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/evaluate.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/linear.py",
-        "invprop/data/loader.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/train.py",
+        "invprop/transfer.py",
         "models/pretrain",
         PREPARED,
         expand("data/prepared/{target}", target=TARGETS),
@@ -239,8 +291,18 @@ rule transfer:
 rule report:
     input:
         "stages/report.py",
-        "invprop/report.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
+        "invprop/graph.py",
         "invprop/inspect.py",
+        "invprop/io.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/neighbours.py",
+        "invprop/propagation.py",
+        "invprop/report.py",
         "reports/evaluate.json",
         "reports/transfer.json",
         "reports/pretrain.json",

@@ -49,6 +49,17 @@ def test_params_diff_and_apply(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "2 value(s) changed" in result.output
     assert yaml.safe_load(params.read_text())["pretrain"] == {"epochs": 9, "invp": False}
 
+    second = tmp_path / "second.yaml"
+    second.write_text("pretrain:\n  lr: 0.5\n")
+    result = invoke("params", "apply", str(second), "--params", str(params), "--json")
+    assert json.loads(result.output) == {
+        "changed": {"pretrain.lr": {"old": 0.03, "new": 0.5}},
+        "kept": {"pretrain.epochs": 9, "pretrain.invp": False},
+    }
+    result = invoke("params", "apply", str(second), "--params", str(params), "--fresh")
+    assert result.exit_code == 0, result.output
+    assert "pretrain.epochs: 9 -> 4" in result.output and "kept" not in result.output
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
