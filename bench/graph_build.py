@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from invprop.neighbours import build_faiss_index, knn_graph, recall_at_k
-from invprop.neighbours import drop_self as drop_self_pair
+from invprop.neighbour_search import build_faiss_index, knn_graph, recall_at_k
+from invprop.neighbour_search import drop_self as drop_self_pair
 
 
 def emit(**fields: Any) -> None:
@@ -130,7 +130,7 @@ def scale(sizes: list[int], d: int, k: int, exact_sample: int, exact_full_max: i
     """Exact vs IVF vs HNSW: build and search time, memory, recall@k against exact."""
     import faiss
 
-    from invprop.neighbours import faiss_settings
+    from invprop.neighbour_search import faiss_settings
 
     for n in sizes:
         with faiss_settings(None):  # the threads and BLAS blocks knn_graph uses
@@ -208,7 +208,7 @@ def bfs(sizes: list[int], ks: list[int], hop_counts: list[int], n_pos: int, repe
     import torch
 
     from invprop.method.propagate import propagate_exact
-    from invprop.propagation import propagation_stats
+    from invprop.positive_sets import propagation_stats
 
     for n in sizes:
         rng = np.random.default_rng(0)

@@ -1,30 +1,19 @@
-"""Clean embeddings of a split, and the embed stage that stores them per checkpoint.
+"""Inference: a network's clean representations of a split, on the right device.
 
 `extract` is the one way to turn images into representations without augmentation: the
-embed stage, the evaluate stage's baselines, the pretrain loop (forward-filled bank and kNN
-monitor) and `invprop knn` all call it, so they all see the same preprocessing:
-`invprop.augment.center` at data.image_size with the prepared data's channel statistics,
-after converting the images to the model's channel count.
-
-Stage artifact, `artifacts/embeddings/<tag>/` (written atomically as one folder)::
-
-    embeddings.npz   train_features [N, F] float32   train_embeddings [N, d] float32
-                     train_labels [N] int64 (-1 = unlabeled)
-                     test_features [M, F]  test_embeddings [M, d]  test_labels [M]
-    meta.json        tag, checkpoint, checkpoint_sha256, epoch, dataset, training_hash,
-                     num_classes, counts {train, test}, dims {features, embeddings},
-                     device, seconds
-
-plus `reports/embed_<tag>.json` (counts, dims, timing). Rows follow the prepared split's
-order, which is also the memory bank's order.
+embed stage, the evaluate stage's baselines, the training loop (forward-filled bank and kNN
+monitor), the linear probe and `invprop knn` all call it, so they all see the same
+preprocessing: `invprop.augment.center` at data.image_size with the prepared data's
+channel statistics (`normalisation`), after converting the images to the model's channel
+count. `embed_checkpoint` gives the arrays of an embeddings artifact (invprop.workspace
+writes them); rows follow the prepared split's order, which is also the memory bank's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +23,6 @@ from torch import Tensor
 
 from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.workspace import (
-    checkpoint_for_tag,
-    embeddings_dir,
-    prepared_dataset,
-    save_embeddings,
-    write_stage_report,
-)
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -53,7 +35,6 @@ __all__ = [
     "inference_autocast",
     "normalisation",
     "resolve_device",
-    "run",
 ]
 
 # ITU-R BT.601 luma weights, as invprop.data.tensors.convert_channels uses.
@@ -233,20 +214,20 @@ def check_compatible(
 def embed_checkpoint(
     cfg: Config,
     checkpoint: str | Path,
-    out_dir: str | Path,
+    prepared: PreparedDataset,
     tag: str,
     device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Extract train and test embeddings of `checkpoint` into `out_dir`; return its meta.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Train and test features, embeddings and labels of `checkpoint` on `prepared`, and
+    their meta: the contents of an embeddings artifact (invprop.workspace.EmbeddingSet).
 
     The meta holds no timings or device names, so the same inputs give the same artifact.
     """
     from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, training_hash
     from invprop.io import file_sha256
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint = Path(checkpoint)
     dev = resolve_device(device if device is not None else cfg.pretrain.device)
-    prepared = prepared_dataset(cfg.data.name)
     state = load_checkpoint(checkpoint)
     encoder, ckpt_cfg, state = encoder_from_checkpoint(state, dev)
     check_compatible(ckpt_cfg, cfg, prepared, str(checkpoint))
@@ -273,38 +254,4 @@ def embed_checkpoint(
         "counts": {"train": len(prepared.train), "test": len(prepared.test)},
         "dims": {"features": encoder.feature_dim, "embeddings": encoder.dim},
     }
-    save_embeddings(out_dir, arrays, meta)
-    return meta
-
-
-def run(cfg: Config, *tags: str) -> None:
-    """The embed stage: embed each tag (default cfg.embed.tags) and write its report.
-
-    Tag "final" reads models/pretrain/final.pt, "epoch_NNNN" the snapshot of that epoch;
-    each writes artifacts/embeddings/<tag>/ and reports/embed_<tag>.json.
-    """
-    names: Sequence[str] = list(tags) or cfg.embed.tags
-    checkpoints = {tag: checkpoint_for_tag(tag) for tag in names}  # bad tags fail first
-    device = resolve_device(cfg.pretrain.device)
-    for tag, checkpoint in checkpoints.items():
-        start = time.perf_counter()
-        meta = embed_checkpoint(cfg, checkpoint, embeddings_dir(tag), tag, device=device)
-        seconds = time.perf_counter() - start
-        images = meta["counts"]["train"] + meta["counts"]["test"]
-        write_stage_report(
-            f"embed_{tag}",
-            {
-                "tag": tag,
-                "epoch": meta["epoch"],
-                "counts": meta["counts"],
-                "dims": meta["dims"],
-                "device": str(device),
-                "seconds": round(seconds, 3),
-                "images_per_second": round(images / max(seconds, 1e-9), 1),
-            },
-        )
-        log(
-            f"{tag}: {images} images -> {embeddings_dir(tag)} "
-            f"({meta['dims']['features']}-d features, {meta['dims']['embeddings']}-d "
-            f"embeddings, {seconds:.1f} s)"
-        )
+    return arrays, meta

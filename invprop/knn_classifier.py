@@ -23,13 +23,14 @@ Rules every caller can rely on:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "weighted_knn_scores"]
+__all__ = ["knn_accuracy", "knn_metrics", "weighted_knn_scores"]
 
 # At most this many similarity entries per chunk (2^26 fp32 = 256 MiB).
 _MAX_CHUNK_ELEMENTS = 1 << 26
@@ -182,3 +183,33 @@ def knn_accuracy(
             hits[k][1] += correct.any(dim=1).sum()
     total = queries.shape[0]
     return {k: {"top1": int(h[0]) / total, "top5": int(h[1]) / total} for k, h in hits.items()}
+
+
+def knn_metrics(
+    prefix: str,
+    train: Tensor,
+    train_labels: Tensor,
+    test: Tensor,
+    test_labels: Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Weighted kNN for every k in `ks`: {prefix}/k{K}/{top1,top5} and {prefix}/seconds."""
+    start = time.perf_counter()
+    result = knn_accuracy(
+        train.to(device),
+        train_labels.to(device),
+        test.to(device),
+        test_labels.to(device),
+        ks,
+        temperature,
+        num_classes,
+    )
+    out: dict[str, float] = {}
+    for k, scores in result.items():
+        out[f"{prefix}/k{k}/top1"] = scores["top1"]
+        out[f"{prefix}/k{k}/top5"] = scores["top5"]
+    out[f"{prefix}/seconds"] = round(time.perf_counter() - start, 3)
+    return out

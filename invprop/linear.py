@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "LinearProbeResult",
     "fit_logistic",
+    "lbfgs_probe",
+    "linear_metrics",
     "linear_probe",
     "sgd_augmented_probe",
     "standardise",
@@ -212,6 +214,46 @@ def linear_probe(
     )
 
 
+def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
+    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen)."""
+    out: dict[str, Any] = {
+        f"{prefix}/top1": result.top1,
+        f"{prefix}/top5": result.top5,
+        f"{prefix}/seconds": round(result.seconds, 3),
+        f"{prefix}/protocol": result.protocol,
+    }
+    if result.c is not None:
+        out[f"{prefix}/c"] = result.c
+    return out
+
+
+def lbfgs_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+) -> LinearProbeResult:
+    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
+    left out of the accuracy."""
+    lin = cfg.evaluate.linear
+    counted = test_y >= 0
+    return linear_probe(
+        train_x,
+        train_y,
+        test_x[counted],
+        test_y[counted],
+        num_classes,
+        lin.c_grid,
+        lin.val_fraction,
+        lin.max_iter,
+        cfg.seed,
+        device,
+    )
+
+
 def _linear_eval_augment(cfg: Config, height: int) -> Any:
     """The authors' linear-evaluation augmentation for this image size.
 
@@ -285,7 +327,7 @@ def sgd_augmented_probe(
     are functions of (cfg.seed, epoch), the classifier starts at zero.
     """
     from invprop.augment import BatchAugment
-    from invprop.embed import extract, inference_autocast, normalisation
+    from invprop.inference import extract, inference_autocast, normalisation
 
     start = time.perf_counter()
     lin = cfg.evaluate.linear

@@ -16,18 +16,20 @@ from collections.abc import Callable, Sequence
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 
-# name -> "module:function"; each function takes (cfg, *positional args).
-STAGES: dict[str, str] = {
-    "prepare": "invprop.data.prepare:run",
-    "pretrain": "invprop.train:run",
-    "instance_discrimination": "invprop.baseline:run",
-    "embed": "invprop.embed:run",
-    "graph": "invprop.graph:run",
-    "propagate": "invprop.propagation:run",
-    "evaluate": "invprop.evaluate:run",
-    "transfer": "invprop.transfer:run",
-    "report": "invprop.report:run",
-}
+STAGE_NAMES = (
+    "prepare",
+    "pretrain",
+    "instance_discrimination",
+    "embed",
+    "graph",
+    "propagate",
+    "evaluate",
+    "transfer",
+    "report",
+)
+# name -> "module:function": invprop/stages/<name>.py holds each stage's `run`, which
+# takes (cfg, *positional args).
+STAGES: dict[str, str] = {name: f"invprop.stages.{name}:run" for name in STAGE_NAMES}
 
 
 def stage_function(name: str) -> Callable[..., None]:

@@ -1,4 +1,5 @@
-"""InvP pretraining: one readable loop, top to bottom.
+"""InvP pretraining: one readable loop, top to bottom (shared by the pretrain and
+instance_discrimination stages).
 
     for each epoch:
         for each batch of indices (a seeded permutation of the train split):
@@ -49,15 +50,14 @@ from invprop.distributed import (
     broadcast_,
     process_group,
     rank_device,
-    relaunched,
     sync_batchnorm,
 )
-from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
-from invprop.knn import knn_accuracy
+from invprop.inference import extract, normalisation, resolve_device
+from invprop.knn_classifier import knn_accuracy
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
-from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset, write_stage_report
+from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
 MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
@@ -404,12 +404,3 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         "seconds": sum(r["epoch_seconds"] for r in state.history),
     }
     return summary
-
-
-def run(cfg: Config) -> None:
-    """The pretrain stage: train or resume, then write reports/pretrain.json (rank 0)."""
-    if relaunched("pretrain", cfg):
-        return
-    summary = train(cfg)
-    if Ranks.from_env().is_main:
-        write_stage_report("pretrain", summary)

@@ -63,6 +63,7 @@ __all__ = [
     "REPORTS_DIR",
     "REPORT_MD",
     "STATS_FILE",
+    "STATUS_FILE",
     "TAG_PATTERN",
     "TRANSFER_DIR",
     "EmbeddingSet",
@@ -79,11 +80,13 @@ __all__ = [
     "load_propagation_stats",
     "prepared_dataset",
     "prepared_dir",
+    "prepared_if_present",
     "prepared_train_labels",
     "propagation_dir",
     "save_embeddings",
     "save_graph",
     "save_propagation",
+    "save_status",
     "save_transfer_subsets",
     "stage_report",
     "write_stage_report",
@@ -103,6 +106,7 @@ GRAPH_FILE = "graph.npz"
 POSITIVES_FILE = "positives.npz"
 STATS_FILE = "stats.json"  # graph and propagation statistics
 META_FILE = "meta.json"  # prepared data, embeddings, transfer subsets
+STATUS_FILE = "status.json"  # why an artifact holds nothing else
 EMBEDDING_ARRAYS = (
     "train_features",
     "train_embeddings",
@@ -151,6 +155,19 @@ def prepared_dir(dataset: str, root: str | Path = ".") -> Path:
 def prepared_dataset(dataset: str, root: str | Path = ".") -> PreparedDataset:
     """data/prepared/<dataset>, loaded and checked (invprop.data.prepared)."""
     return load_prepared(prepared_dir(dataset, root))
+
+
+def prepared_if_present(dataset: str | None) -> PreparedDataset | None:
+    """data/prepared/<dataset> when it is there and whole, else None (for views that can
+    do without it, e.g. class numbers instead of names)."""
+    if not dataset:
+        return None
+    if not prepared_dir(dataset).is_dir():
+        return None
+    try:
+        return prepared_dataset(dataset)
+    except InvpropError:
+        return None  # class names fall back to numbers; the PNG says what is missing
 
 
 def prepared_train_labels(dataset: str, root: str | Path = ".") -> np.ndarray:
@@ -228,6 +245,13 @@ INSTANCE_DISCRIMINATION_OFF = "not run (evaluate.baselines.instance_discriminati
 
 def embeddings_dir(tag: str, root: str | Path = ".") -> Path:
     return Path(root) / EMBEDDINGS_DIR / check_tag(tag)
+
+
+def save_status(folder: Path, status: str) -> None:
+    """Make `folder` hold only status.json, {"status": status}: an artifact that says why it
+    is empty (a baseline that is off), so the orchestrators still see their output."""
+    with atomic_dir(folder) as tmp:
+        write_json(tmp / STATUS_FILE, {"status": status})
 
 
 def has_embeddings(folder: Path) -> bool:

@@ -304,7 +304,7 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
 
     from invprop.checkpoint import CHECKPOINT_VERSION, build_encoder, save_checkpoint, training_hash
     from invprop.data import load_prepared
-    from invprop.embed import extract
+    from invprop.inference import extract
     from invprop.method import MemoryBank
 
     encoder = build_encoder(cfg)

@@ -15,9 +15,6 @@ import typer
 from conftest import write_model_checkpoint
 from typer.testing import CliRunner
 
-from invprop import baseline
-from invprop import embed as embed_stage
-from invprop import evaluate as evaluate_stage
 from invprop.augment import center
 from invprop.checkpoint import (
     build_encoder,
@@ -30,10 +27,13 @@ from invprop.cli import knn as knn_cli
 from invprop.cli import metrics as metrics_cli
 from invprop.config import Config, config_diff, config_from_dict
 from invprop.data import Split, convert_channels, load_prepared
-from invprop.data.prepare import prepare
 from invprop.data.prepared import ImageFiles
-from invprop.embed import extract, normalisation
 from invprop.errors import InvpropError
+from invprop.inference import extract, normalisation
+from invprop.stages import embed as embed_stage
+from invprop.stages import evaluate as evaluate_stage
+from invprop.stages import instance_discrimination as baseline
+from invprop.stages.prepare import prepare
 from invprop.workspace import (
     EMBEDDING_ARRAYS,
     INSTANCE_DISCRIMINATION,

@@ -13,9 +13,9 @@ from invprop.checkpoint import load_checkpoint
 from invprop.config import Config, config_from_dict
 from invprop.data import convert_channels, load_prepared
 from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_source
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import train
+from invprop.stages.prepare import prepare
+from invprop.training import train
 from invprop.workspace import TrainingRun
 
 # image_size 28 loads at 32 x 32, the size the PNGs are written at: they decode exactly.

@@ -15,13 +15,13 @@ import pytest
 import torch
 import yaml
 
-from invprop import train as train_module
+from invprop import training as train_module
 from invprop.checkpoint import load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
 from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import learning_rate, train
+from invprop.stages.prepare import prepare
+from invprop.training import learning_rate, train
 from invprop.workspace import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,8 +36,8 @@ def knn_of_embeddings(
     folder: Path, ks: list[int], temperature: float, device: str
 ) -> dict[str, Any]:
     """Flat kNN metrics of an embeddings folder (features and head embeddings)."""
-    from invprop.embed import resolve_device
-    from invprop.evaluate import knn_metrics
+    from invprop.inference import resolve_device
+    from invprop.knn_classifier import knn_metrics
     from invprop.workspace import load_embeddings
 
     dev = resolve_device(device)
@@ -72,8 +72,8 @@ def knn_of_checkpoint(
 
     from invprop.checkpoint import checkpoint_config, encoder_from_checkpoint, load_checkpoint
     from invprop.data import load_prepared
-    from invprop.embed import check_compatible, extract, resolve_device
-    from invprop.evaluate import knn_metrics
+    from invprop.inference import check_compatible, extract, resolve_device
+    from invprop.knn_classifier import knn_metrics
     from invprop.workspace import prepared_dataset
 
     dev = resolve_device(device)

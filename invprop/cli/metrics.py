@@ -149,7 +149,7 @@ def metrics(
     from invprop.workspace import REPORTS_DIR as REPORTS  # numpy: not for `invprop --help`
 
     if table:
-        from invprop.report import results_tables
+        from invprop.stages.report import results_tables
 
         tables = results_tables(REPORTS)
         if as_json:

@@ -2,7 +2,7 @@
 
 Reads `artifacts/embeddings/final/` (embed stage), `models/pretrain/final.pt` (its memory
 bank), `data/prepared/<data.name>/` (labels, and images for the baselines) and, when that
-baseline is on, `artifacts/embeddings/instance_discrimination/` (invprop.baseline). Every input
+baseline is on, `artifacts/embeddings/instance_discrimination/` (its own stage). Every input
 is checked before any work starts, with errors that name the file and the stage to rerun.
 
 Keys (all flat, "/"-separated, so DVC metrics, the report and `invprop metrics` read them
@@ -37,12 +37,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop.checkpoint import (
+    build_encoder,
+    checkpoint_config,
+    encoder_from_checkpoint,
+    load_checkpoint,
+)
 from invprop.config import Config
-from invprop.embed import check_compatible, extract, resolve_device
 from invprop.errors import InvpropError
+from invprop.inference import check_compatible, extract, resolve_device
 from invprop.io import file_sha256
-from invprop.knn import knn_accuracy
-from invprop.linear import LinearProbeResult, linear_probe, sgd_augmented_probe
+from invprop.knn_classifier import knn_metrics
+from invprop.linear import lbfgs_probe, linear_metrics, sgd_augmented_probe
 from invprop.workspace import (
     INSTANCE_DISCRIMINATION_EMBEDDINGS,
     INSTANCE_DISCRIMINATION_OFF,
@@ -58,8 +64,6 @@ from invprop.workspace import (
 __all__ = [
     "PIXEL_BUDGET_BYTES",
     "evaluate",
-    "knn_metrics",
-    "linear_metrics",
     "pixel_metrics",
     "random_init_metrics",
     "run",
@@ -75,76 +79,6 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Building blocks: each returns flat metrics under a prefix
-
-
-def knn_metrics(
-    prefix: str,
-    train: Tensor,
-    train_labels: Tensor,
-    test: Tensor,
-    test_labels: Tensor,
-    ks: list[int],
-    temperature: float,
-    num_classes: int,
-    device: torch.device,
-) -> dict[str, float]:
-    """Weighted kNN for every k in `ks`: {prefix}/k{K}/{top1,top5} and {prefix}/seconds."""
-    start = time.perf_counter()
-    result = knn_accuracy(
-        train.to(device),
-        train_labels.to(device),
-        test.to(device),
-        test_labels.to(device),
-        ks,
-        temperature,
-        num_classes,
-    )
-    out: dict[str, float] = {}
-    for k, scores in result.items():
-        out[f"{prefix}/k{k}/top1"] = scores["top1"]
-        out[f"{prefix}/k{k}/top5"] = scores["top5"]
-    out[f"{prefix}/seconds"] = round(time.perf_counter() - start, 3)
-    return out
-
-
-def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
-    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen)."""
-    out: dict[str, Any] = {
-        f"{prefix}/top1": result.top1,
-        f"{prefix}/top5": result.top5,
-        f"{prefix}/seconds": round(result.seconds, 3),
-        f"{prefix}/protocol": result.protocol,
-    }
-    if result.c is not None:
-        out[f"{prefix}/c"] = result.c
-    return out
-
-
-def lbfgs_probe(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    cfg: Config,
-    num_classes: int,
-    device: torch.device,
-) -> LinearProbeResult:
-    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
-    left out of the accuracy."""
-    lin = cfg.evaluate.linear
-    counted = test_y >= 0
-    return linear_probe(
-        train_x,
-        train_y,
-        test_x[counted],
-        test_y[counted],
-        num_classes,
-        lin.c_grid,
-        lin.val_fraction,
-        lin.max_iter,
-        cfg.seed,
-        device,
-    )
 
 
 def _tensor(array: np.ndarray) -> Tensor:
@@ -256,8 +190,6 @@ def random_init_metrics(
     """The network pretraining starts from, build_encoder(init_cfg) (default `cfg`; the
     stage passes the checkpoint's config): clean kNN on its features and embeddings, and
     the linear probe on its features."""
-    from invprop.checkpoint import build_encoder
-
     init_cfg = init_cfg or cfg
     start = time.perf_counter()
     encoder = build_encoder(init_cfg).to(device).eval()
@@ -309,8 +241,6 @@ def _load_run(
     folder: Path, prepared: Any, cfg: Config, what: str, checkpoint: Path | None
 ) -> tuple[EmbeddingSet, dict[str, Any] | None]:
     """Load and cross-check an embeddings folder and (when given and present) its checkpoint."""
-    from invprop.checkpoint import checkpoint_config, load_checkpoint
-
     embeddings = load_embeddings(folder)
     _check_embeddings(embeddings, prepared, what)
     if checkpoint is None or not checkpoint.is_file():
@@ -328,8 +258,6 @@ def _load_run(
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Compute every metric of the evaluate stage and return them as one flat dict."""
-    from invprop.checkpoint import checkpoint_config, encoder_from_checkpoint
-
     start = time.perf_counter()
     device = resolve_device(cfg.pretrain.device)
     prepared = prepared_dataset(cfg.data.name)

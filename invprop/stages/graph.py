@@ -24,6 +24,7 @@ import numpy as np
 
 from invprop.config import Config
 from invprop.errors import InvpropError
+from invprop.neighbour_search import knn_graph
 from invprop.workspace import embeddings_dir, load_embeddings, save_graph, write_stage_report
 
 __all__ = [
@@ -136,8 +137,6 @@ def graph_stats(ids: np.ndarray, sims: np.ndarray, labels: np.ndarray, prop_k: i
 
 def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     """Build the k-NN graph of the train embeddings of ``tag``; write graph.npz + stats."""
-    from invprop.neighbours import knn_graph
-
     g = cfg.graph
     emb = load_embeddings(embeddings_dir(tag))
     if g.k >= emb.n:

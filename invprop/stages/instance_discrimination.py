@@ -3,8 +3,9 @@
 InvP's claim is what propagation adds over plain instance discrimination, so the fair
 baseline is a second pretraining that differs in one param only, `pretrain.invp: false`
 (every other value from params.yaml: data, network, augmentation, schedule, bank). The
-stage trains it with the pretrain stage's own loop, then embeds its final checkpoint with
-the embed stage's own code, so evaluate can score it exactly as it scores InvP.
+stage trains it with the pretrain stage's loop (invprop.training), then embeds its final
+checkpoint as the embed stage does (invprop.inference), so evaluate can score it exactly
+as it scores InvP.
 
 Artifacts::
 
@@ -26,12 +27,16 @@ import dataclasses
 import sys
 
 from invprop.config import Config
-from invprop.embed import embed_checkpoint
-from invprop.io import atomic_dir, write_json
+from invprop.distributed import Ranks, relaunched
+from invprop.inference import embed_checkpoint
+from invprop.training import train
 from invprop.workspace import (
     INSTANCE_DISCRIMINATION,
     INSTANCE_DISCRIMINATION_EMBEDDINGS,
     INSTANCE_DISCRIMINATION_OFF,
+    prepared_dataset,
+    save_embeddings,
+    save_status,
     write_stage_report,
 )
 
@@ -52,16 +57,10 @@ def run(cfg: Config) -> None:
     if not cfg.evaluate.baselines.instance_discrimination:
         INSTANCE_DISCRIMINATION.checkpoints.mkdir(parents=True, exist_ok=True)
         INSTANCE_DISCRIMINATION.metrics.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(INSTANCE_DISCRIMINATION_EMBEDDINGS) as tmp:
-            write_json(tmp / "status.json", {"status": INSTANCE_DISCRIMINATION_OFF})
+        save_status(INSTANCE_DISCRIMINATION_EMBEDDINGS, INSTANCE_DISCRIMINATION_OFF)
         write_stage_report("instance_discrimination", {"status": INSTANCE_DISCRIMINATION_OFF})
-        log(
-            f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/status.json"
-        )
+        log(f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/")
         return
-
-    from invprop.distributed import Ranks, relaunched
-    from invprop.train import train
 
     if relaunched("instance_discrimination", cfg):
         return
@@ -69,12 +68,13 @@ def run(cfg: Config) -> None:
     summary = train(baseline, INSTANCE_DISCRIMINATION)
     if not Ranks.from_env().is_main:  # rank 0 embeds and reports
         return
-    meta = embed_checkpoint(
+    arrays, meta = embed_checkpoint(
         baseline,
         INSTANCE_DISCRIMINATION.final,
-        INSTANCE_DISCRIMINATION_EMBEDDINGS,
+        prepared_dataset(cfg.data.name),
         "instance_discrimination",
     )
+    save_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS, arrays, meta)
     write_stage_report(
         "instance_discrimination",
         summary | {"embeddings": str(INSTANCE_DISCRIMINATION_EMBEDDINGS), "dims": meta["dims"]},

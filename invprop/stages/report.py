@@ -43,6 +43,7 @@ import numpy as np
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, atomic_file, read_json
+from invprop.neighbourhood import draw_grid, inspect_anchor
 from invprop.workspace import (
     EMBEDDINGS_FILE,
     FIGURES_DIR,
@@ -54,10 +55,12 @@ from invprop.workspace import (
     STATS_FILE,
     embeddings_dir,
     graph_dir,
+    load_checked_graph,
     load_embeddings,
     load_propagation_stats,
     prepared_dataset,
     prepared_dir,
+    prepared_if_present,
     propagation_dir,
     stage_report,
 )
@@ -629,8 +632,8 @@ def _embedding_maps(
 
 def _neighbour_grids(cfg: Config, labels: np.ndarray, folder: Path) -> list[str]:
     """One grid per anchor, drawn by `invprop graph neighbours`' own code; markdown lines."""
-    from invprop.inspect import draw_grid, inspect_anchor
-
+    graph, _, emb = load_checked_graph(TAG)
+    prepared = prepared_if_present(emb.dataset)
     anchors = choose_anchors(labels, cfg.report.anchors, cfg.seed)
     lines = [
         f"Anchors: {', '.join(f'#{a}' for a in anchors)} (train images of evenly spaced "
@@ -641,7 +644,9 @@ def _neighbour_grids(cfg: Config, labels: np.ndarray, folder: Path) -> list[str]
         "",
     ]
     for anchor in anchors:
-        result, prepared = inspect_anchor(TAG, anchor, None, cfg.propagate, neighbours=True)
+        result = inspect_anchor(
+            TAG, graph, emb, prepared, anchor, None, cfg.propagate, neighbours=True
+        )
         name = f"neighbours_{anchor}.png"
         draw_grid(result, prepared, folder / name, GRID_SHOW, metadata=PNG_METADATA)
         lines += _figure_line(

@@ -58,16 +58,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from invprop.augment import BatchAugment
+from invprop.checkpoint import (
+    build_encoder,
+    checkpoint_config,
+    encoder_from_checkpoint,
+    load_checkpoint,
+)
 from invprop.config import AugmentConfig, Config
 from invprop.data.loader import batch_sizes, epoch_batches
-from invprop.embed import (
+from invprop.errors import InvpropError
+from invprop.inference import (
     check_compatible,
     extract,
     inference_autocast,
     normalisation,
     resolve_device,
 )
-from invprop.errors import InvpropError
+from invprop.linear import (
+    ImageSource,
+    lbfgs_probe,
+    linear_metrics,
+    sgd_augmented_probe,
+    topk_accuracy,
+)
 from invprop.workspace import (
     PRETRAIN,
     prepared_dataset,
@@ -230,9 +244,6 @@ def finetune(
     views. bf16 autocast on CUDA when pretrain.precision allows (as every stage does); the
     loss and the classifier's output are fp32. Test rows labelled -1 are not scored.
     """
-    from invprop.augment import BatchAugment
-    from invprop.linear import ImageSource, topk_accuracy
-
     start = time.perf_counter()
     ft = cfg.transfer.finetune
     rows = np.asarray(rows, dtype=np.int64)
@@ -311,9 +322,6 @@ def linear_transfer(
 ) -> dict[str, Any]:
     """{name}/linear/{top1,top5,c,seconds,protocol}: evaluate.linear's probe of the frozen
     pooled features of `encoder` on `target` (features via `extract`, clean view)."""
-    from invprop.evaluate import lbfgs_probe, linear_metrics
-    from invprop.linear import sgd_augmented_probe
-
     num_classes = len(target.classes)
     if cfg.evaluate.linear.protocol == "sgd_augmented":
         result = sgd_augmented_probe(encoder, target, cfg, device)
@@ -363,12 +371,6 @@ def transfer(
 
     Every input is loaded and checked before any training starts.
     """
-    from invprop.checkpoint import (
-        build_encoder,
-        checkpoint_config,
-        encoder_from_checkpoint,
-        load_checkpoint,
-    )
 
     start = time.perf_counter()
     device = resolve_device(cfg.pretrain.device)
