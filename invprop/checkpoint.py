@@ -29,7 +29,7 @@ import torch
 
 from invprop.config import Config, config_from_dict
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, ensure_free_space, file_sha256
+from invprop.io import atomic_file, ensure_free_space
 
 if TYPE_CHECKING:
     from invprop.models import Encoder
@@ -39,7 +39,6 @@ __all__ = [
     "build_encoder",
     "checkpoint_config",
     "encoder_from_checkpoint",
-    "file_sha256",
     "load_checkpoint",
     "save_checkpoint",
     "training_hash",

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invprop.sampling import holdout_split
+
 if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.models import Encoder
@@ -41,7 +43,6 @@ __all__ = [
     "linear_probe",
     "sgd_augmented_probe",
     "standardise",
-    "stratified_split",
     "topk_accuracy",
 ]
 
@@ -59,30 +60,6 @@ class LinearProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded class-stratified split of row indices into (fit, val), both sorted.
-
-    Each class sends round(val_fraction * n_c) of its rows to val, but always keeps at
-    least one row for fitting (a class with a single row stays entirely in fit).
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        n_val = min(round(val_fraction * rows.size), rows.size - 1)
-        if n_val > 0:
-            val.append(rng.permutation(rows)[:n_val])
-    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
-    fit_mask = np.ones(labels.size, dtype=bool)
-    fit_mask[val_idx] = False
-    return np.flatnonzero(fit_mask), val_idx
 
 
 def standardise(fit: Tensor, *others: Tensor, eps: float = 1e-6) -> list[Tensor]:
@@ -186,7 +163,7 @@ def linear_probe(
 
     val_top1: dict[str, float] = {}
     if len(grid) > 1:
-        fit_idx, val_idx = stratified_split(train_y.cpu().numpy(), val_fraction, seed)
+        fit_idx, val_idx = holdout_split(train_y.cpu().numpy(), val_fraction, seed)
         if val_idx.size == 0:
             raise ValueError(
                 f"val_fraction = {val_fraction} leaves no held-out rows among "

@@ -163,7 +163,7 @@ def test_embed_stage_artifact(project, monkeypatch):
     np.testing.assert_array_equal(arrays["test_labels"], prepared.test.labels)
 
     meta = json.loads((folder / "meta.json").read_text())
-    from invprop.checkpoint import file_sha256
+    from invprop.io import file_sha256
 
     assert meta["tag"] == "final" and meta["epoch"] == 3 and meta["dataset"] == "synthetic"
     assert meta["checkpoint"] == "models/pretrain/final.pt"

@@ -113,8 +113,7 @@ def test_every_stage_lists_the_code_it_runs(orchestrator: str) -> None:
 
         listed = {name: stage.deps for name, stage in snakemake_stages().items()}
     missing = {
-        name: sorted(missing_deps(stage_function_name(name), deps))
-        for name, deps in listed.items()
+        name: sorted(missing_deps(stage_function_name(name), deps)) for name, deps in listed.items()
     }
     assert {name: paths for name, paths in missing.items() if paths} == {}
     assert {stage_function_name(name) for name in listed} == set(STAGES)

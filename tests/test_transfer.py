@@ -19,10 +19,10 @@ from invprop.checkpoint import build_encoder
 from invprop.config import Config, config_from_dict
 from invprop.data import load_prepared
 from invprop.errors import InvpropError
+from invprop.sampling import balanced_subset
 from invprop.stages import transfer as transfer_stage
 from invprop.stages.prepare import prepare
 from invprop.stages.transfer import (
-    balanced_subset,
     finetune,
     finetune_steps,
     fraction_label,

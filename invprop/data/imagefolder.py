@@ -25,15 +25,16 @@ import numpy as np
 
 from invprop.data.sources import (
     SPLIT_SEED,
+    TEST_FRACTION,
     FileSplit,
     RawDataset,
     SourceFile,
     SourceOptions,
     register,
     say,
-    stratified_split,
 )
 from invprop.errors import InvpropError
+from invprop.sampling import stratified_split
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -172,7 +173,7 @@ def read_imagefolder(opts: SourceOptions) -> RawDataset:
     classes = sorted({name for scan in scans for name in scan if name is not None})
     splits = [_split(root, scan, classes) for scan in scans]
     if len(splits) == 1:
-        train_idx, test_idx = stratified_split(splits[0].labels)
+        train_idx, test_idx = stratified_split(splits[0].labels, TEST_FRACTION, SPLIT_SEED)
         splits = [splits[0].take(train_idx), splits[0].take(test_idx)]
     # Sources and channels come from check_images, which prepare runs after any
     # train_limit/test_limit subset, so a quick run on a huge folder checks only its part.

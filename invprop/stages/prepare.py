@@ -31,11 +31,10 @@ from invprop.data.sources import (
     SourceOptions,
     get_source,
     say,
-    sha256_file,
-    stratified_subset,
 )
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, write_json
+from invprop.io import atomic_dir, ensure_free_space, file_sha256, write_json
+from invprop.sampling import stratified_subset
 from invprop.workspace import META_FILE, prepared_dir, stage_report
 
 # "files" datasets: how many train images are decoded to estimate the channel mean/std.
@@ -166,7 +165,7 @@ def _limit(split: RawSplit, limit: int | None, seed: int) -> RawSplit:
 def _record(source: Path | SourceFile) -> SourceFile:
     if isinstance(source, SourceFile):
         return source
-    return SourceFile(str(source), sha256_file(source), source.stat().st_size)
+    return SourceFile(str(source), file_sha256(source), source.stat().st_size)
 
 
 def _class_counts(labels: np.ndarray, n_classes: int) -> list[int]:

@@ -82,6 +82,7 @@ from invprop.linear import (
     sgd_augmented_probe,
     topk_accuracy,
 )
+from invprop.sampling import balanced_subset
 from invprop.workspace import (
     PRETRAIN,
     prepared_dataset,
@@ -98,7 +99,6 @@ __all__ = [
     "FINETUNE_AUGMENT",
     "MIN_STEPS_PER_EPOCH",
     "FinetuneResult",
-    "balanced_subset",
     "cosine_lr",
     "finetune",
     "finetune_steps",
@@ -150,33 +150,6 @@ def log(message: str) -> None:
 def fraction_label(fraction: float) -> str:
     """A fraction as a key part in percent: 0.01 -> "1pct", 0.1 -> "10pct", 0.005 -> "0.5pct"."""
     return f"{round(fraction * 100, 6):g}pct"
-
-
-def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted int64 indices of an exactly class-balanced, seeded subset of `labels`.
-
-    Rows labelled -1 (unlabeled) are never picked. With N labelled rows in C classes, every
-    class contributes the same number of rows: floor(fraction * N / C) (up to a 1e-9
-    rounding allowance, so 0.29 * 100 counts as 29), at least 1, and at most the smallest
-    class's count (exact balance wins over the fraction on imbalanced data). Class c's
-    rows are a prefix of a permutation seeded by (seed, c) alone, so the result is
-    reproducible by seed and a smaller fraction's subset lies inside a larger one's.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    classes = np.unique(labels[labels >= 0])
-    if classes.size == 0:
-        raise ValueError("no labelled rows (all labels are -1) to draw a subset from")
-    n = int((labels >= 0).sum())
-    rows = [np.flatnonzero(labels == c) for c in classes]
-    per_class = max(1, math.floor(fraction * n / classes.size + 1e-9))
-    per_class = min(per_class, min(r.size for r in rows))
-    picked = [
-        np.random.default_rng([seed, int(c)]).permutation(r)[:per_class]
-        for c, r in zip(classes, rows, strict=True)
-    ]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
