@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "knn_metrics", "weighted_knn_scores"]
+from invprop.neighbour_search import chunk_rows, topk_chunks
 
-# At most this many similarity entries per chunk (2^26 fp32 = 256 MiB).
-_MAX_CHUNK_ELEMENTS = 1 << 26
+__all__ = ["knn_accuracy", "knn_metrics", "weighted_knn_scores"]
 
 
 def _prepare(train: Tensor, train_labels: Tensor, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,16 +66,12 @@ def _prepare(train: Tensor, train_labels: Tensor, queries: Tensor) -> tuple[Tens
 def _neighbours(
     train: Tensor, queries: Tensor, k: int, chunk_size: int
 ) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    """Yield (query slice, top-k similarities [q, k] descending, train indices [q, k])."""
+    """Yield (query slice, top-k similarities [q, k] descending, train indices [q, k]): the
+    exact chunked search of the graph stage's torch backend, at most `chunk_size` queries
+    per chunk."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(1, train.shape[0])))
-    train_t = train.t()
-    for start in range(0, queries.shape[0], chunk):
-        rows = slice(start, min(start + chunk, queries.shape[0]))
-        sims = queries[rows] @ train_t
-        top_sims, top_ids = sims.topk(k, dim=1, largest=True, sorted=True)
-        yield rows, top_sims, top_ids
+    return topk_chunks(train, queries, k, chunk_rows(train.shape[0], chunk_size))
 
 
 def _votes(
