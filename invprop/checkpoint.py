@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from invprop.config import Config, config_from_dict
+from invprop.config import Config, config_from_dict, with_current_names
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, ensure_free_space
 
@@ -121,8 +121,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The validated config of the run that wrote `state`."""
-    return config_from_dict(state["config"])
+    """The validated config of the run that wrote `state` (one written before a params key
+    was renamed reads under the current names)."""
+    return config_from_dict(with_current_names(state["config"]))
 
 
 def build_encoder(cfg: Config) -> Encoder:

@@ -162,7 +162,7 @@ def training_step(
         embeddings = model(x)
     embeddings = embeddings.float()
     sim = bank.similarities(embeddings)
-    prop = propagate(bank.neighbours, indices, p.hops, p.propagation) if weight else None
+    prop = propagate(bank.neighbours, indices, p.hops, p.propagator) if weight else None
     losses = invp_loss(
         sim,
         indices,
@@ -195,10 +195,8 @@ def check_fits(cfg: Config, n: int, world_size: int = 1) -> None:
             f"params: pretrain.n_background = {p.n_background} is larger than the memory bank "
             f"({n} train images); lower it to at most {n}"
         )
-    if p.knn_k + 1 >= n:
-        raise InvpropError(
-            f"params: pretrain.knn_k = {p.knn_k} needs more than {p.knn_k + 1} images"
-        )
+    if p.k + 1 >= n:
+        raise InvpropError(f"params: pretrain.k = {p.k} needs more than {p.k + 1} images")
     if p.batch_size > n:
         raise InvpropError(
             f"params: pretrain.batch_size = {p.batch_size} exceeds the {n} train images"
@@ -280,7 +278,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
         encoder = sync_batchnorm(encoder, device)
-    bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
+    bank = MemoryBank(data.n, cfg.model.dim, p.k).to(device)
     optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = normalisation(prepared.meta, cfg.data.channels)

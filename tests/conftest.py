@@ -313,7 +313,7 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
         for parameter in encoder.parameters():
             parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
     prepared = load_prepared(Path("data/prepared") / cfg.data.name)
-    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.knn_k)
+    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.k)
     if bank_init == "forward":
         bank.init_from(extract(encoder, prepared.train, prepared.meta, cfg, "cpu")[1])
     else:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from invprop.bounds import max_positives
 from invprop.config import (
+    RENAMED_KEYS,
     Config,
     apply_preset,
     config_diff,
@@ -90,7 +91,7 @@ def _escape(text: str) -> str:
 def test_n_pos_bound_is_k_plus_k2_up_to_kl(k: int, hops: int, extra: int) -> None:
     largest = sum(k**h for h in range(1, hops + 1))
     assert max_positives(k, hops) == largest
-    base = [f"pretrain.knn_k={k}", f"pretrain.hops={hops}"]
+    base = [f"pretrain.k={k}", f"pretrain.hops={hops}"]
     config_from_dict({}, [*base, f"pretrain.n_pos={largest}"])
     if extra:
         with pytest.raises(InvpropError, match=r"pretrain\.n_pos"):
@@ -209,3 +210,36 @@ def test_an_empty_mapping_replaces_rather_than_merges() -> None:
     assert deep_merge(base, {"transfer": {"roots": {}}}) == {
         "transfer": {"roots": {}, "targets": ["digits"]}
     }
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED_KEYS.items()))
+def test_a_renamed_key_fails_in_one_line_naming_the_new_key(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    section, name = old.split(".")
+    value = Config().to_dict()[section][new.split(".")[1]]
+    message = f"{old} was renamed to {new}"
+    with pytest.raises(InvpropError, match=message) as raised:
+        config_from_dict({section: {name: value}})
+    assert "\n" not in str(raised.value)
+    with pytest.raises(InvpropError, match=message):
+        config_from_dict({}, [f"{old}={value}"])
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    preset = tmp_path / "old.yaml"
+    preset.write_text(yaml.safe_dump({section: {name: value}}))
+    with pytest.raises(InvpropError, match=message):
+        apply_preset(params, preset)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()  # left as it was
+    assert config_from_dict({}, [f"{new}={value}"]).to_dict()[section][new.split(".")[1]] == value
+
+
+def test_a_checkpoint_written_before_a_rename_reads_under_the_new_names() -> None:
+    from invprop.checkpoint import checkpoint_config
+
+    stored = Config().to_dict()
+    stored["pretrain"]["knn_k"] = stored["pretrain"].pop("k") + 1
+    stored["pretrain"]["propagation"] = "concat"
+    del stored["pretrain"]["propagator"]
+    cfg = checkpoint_config({"config": stored})
+    assert (cfg.pretrain.k, cfg.pretrain.propagator) == (Config().pretrain.k + 1, "concat")
