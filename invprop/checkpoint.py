@@ -23,16 +23,14 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from invprop.config import Config, config_from_dict, with_current_names
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, ensure_free_space
-
-if TYPE_CHECKING:
-    from invprop.models import Encoder
+from invprop.models import Encoder
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -131,8 +129,6 @@ def build_encoder(cfg: Config) -> Encoder:
 
     Pretraining starts from exactly this network, so it doubles as the random-init baseline.
     """
-    from invprop.models import Encoder
-
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:

@@ -549,6 +549,7 @@ def apply_preset(
     validated before the file is rewritten (atomically), so a bad preset never leaves a
     broken params.yaml behind.
     """
+    # Only `params apply` needs these: kept out of `invprop --help`, which imports config
     from ruamel.yaml import YAML
 
     from invprop.io import atomic_file

@@ -21,8 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop.augment import center
+from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, training_hash
 from invprop.config import Config
+from invprop.data import convert_channels, decode_batches
 from invprop.errors import InvpropError
+from invprop.io import file_sha256
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -80,8 +84,6 @@ def _uint8_batches(
     split: Split, channels: int, batch_size: int, device: torch.device, num_workers: int
 ) -> Iterator[Tensor]:
     """uint8 [B, C, H, W] batches of the split, in order, on `device`, with `channels`."""
-    from invprop.data import convert_channels, decode_batches
-
     non_blocking = device.type == "cuda"
     if isinstance(split.images, np.ndarray):  # "arrays": slice the memmap, no workers needed
         for start in range(0, len(split.images), batch_size):
@@ -126,8 +128,6 @@ def extract(
     1.28M-image split never has to fit on the GPU twice). With `batch_statistics`, BatchNorm
     layers use batch statistics, as in a training step, and refresh their running estimates.
     """
-    from invprop.augment import center
-
     if device is None:
         device = next(encoder.parameters()).device
     device = torch.device(device)
@@ -223,9 +223,6 @@ def embed_checkpoint(
 
     The meta holds no timings or device names, so the same inputs give the same artifact.
     """
-    from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, training_hash
-    from invprop.io import file_sha256
-
     checkpoint = Path(checkpoint)
     dev = resolve_device(device if device is not None else cfg.pretrain.device)
     state = load_checkpoint(checkpoint)

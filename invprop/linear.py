@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invprop.augment import AugmentConfig, BatchAugment
+from invprop.data import as_tensor, convert_channels, decode_batches
+from invprop.inference import extract, inference_autocast, normalisation
 from invprop.sampling import holdout_split
 
 if TYPE_CHECKING:
@@ -239,8 +242,6 @@ def _linear_eval_augment(cfg: Config, height: int) -> Any:
     0.2, ColorJitter 0.4 x 4, flip) and @a290ae12d6e0ced62c19f0bbc395ded8e5e308df,
     datasets/cifar.py `get_linear_dataloader` (small images: horizontal flip only).
     """
-    from invprop.augment import AugmentConfig
-
     if height <= 64:
         return AugmentConfig(
             crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0
@@ -264,8 +265,6 @@ class ImageSource:
     """
 
     def __init__(self, split: Any, channels: int, device: torch.device, num_workers: int):
-        from invprop.data import as_tensor, convert_channels
-
         self.split, self.channels, self.device = split, channels, device
         self.num_workers = num_workers
         self.images = None
@@ -279,8 +278,6 @@ class ImageSource:
                 index = torch.from_numpy(batch).to(self.device)
                 yield self.images[index], index
             return
-        from invprop.data import decode_batches
-
         yield from decode_batches(self.split, self.channels, batches, self.device, self.num_workers)
 
 
@@ -303,9 +300,6 @@ def sgd_augmented_probe(
     Unlabeled train images (label -1) are skipped. Seeded: batch order and augmentation
     are functions of (cfg.seed, epoch), the classifier starts at zero.
     """
-    from invprop.augment import BatchAugment
-    from invprop.inference import extract, inference_autocast, normalisation
-
     start = time.perf_counter()
     lin = cfg.evaluate.linear
     dev = _device(device)

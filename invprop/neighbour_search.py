@@ -7,7 +7,8 @@ backends differ only in how they find the top-k:
   (approximate, for millions of points); on a GPU when faiss has GPU support and sees one.
 - ``torch``: chunked matmul + topk on the best device; exact only.
 
-``backend="auto"`` takes faiss when it imports, else torch with a warning (never silently).
+``backend="auto"`` takes faiss when it imports, else torch with a warning (never silently);
+faiss is optional, so it is imported where it is used.
 Approximate indexes report recall@k against an exact search on a random sample of queries.
 """
 

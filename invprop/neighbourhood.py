@@ -140,6 +140,7 @@ def draw_grid(
             "the PNG needs the prepared images (data/prepared/<dataset>), which are missing; "
             "run the prepare stage or drop --out"
         )
+    # matplotlib only when a PNG is asked for, and pyplot after the file-only Agg backend
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from invprop.augment import BatchAugment
@@ -315,8 +316,6 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
 
     live = None
     if ranks.is_main:
-        from dvclive import Live
-
         live = Live(dir=str(run.curves), save_dvc_exp=False, dvcyaml=False)
         for row in state.history:  # replay, so the curves survive a resume
             log_row(live, row)

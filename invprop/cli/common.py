@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,8 +64,6 @@ def number_or_na(value: float | None) -> float | str:
 
 
 def propagate_params(params: Path) -> Any:
-    from invprop.config import Config, load_config
-
     return load_config(params).propagate if params.exists() else Config().propagate
 
 

@@ -21,7 +21,7 @@ from invprop.sampling import stratified_split
 @register("digits", format="arrays", layout="scikit-learn's bundled digits (no files needed)")
 def read_digits(opts: SourceOptions) -> RawDataset:
     """1,797 8x8 grey digits (values 0..16, scaled to 0..255), split 80/20 with a fixed seed."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn only for this dataset
 
     bunch = load_digits()
     images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[:, None]

@@ -22,6 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import track
 
 from invprop.data.sources import (
     SPLIT_SEED,
@@ -88,8 +91,6 @@ def scan_folder(folder: Path) -> dict[str | None, list[Path]]:
 
 def _check_one(path: Path, full: bool) -> tuple[str, str, int]:
     """(PIL mode, sha256 of the bytes or "", size) of one image; an error if it is bad."""
-    from PIL import Image
-
     try:
         if full:
             data = path.read_bytes()
@@ -116,9 +117,6 @@ def check_images(root: Path, files: list[str]) -> tuple[SourceFile, int]:
     full = len(files) <= FULL_CHECK_MAX_FILES
     how = "decoding" if full else "verifying headers of"
     say(f"prepare imagefolder: {how} {len(files)} images in {root}")
-    from rich.console import Console
-    from rich.progress import track
-
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(lambda f: _check_one(root / f, full), files)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from invprop.errors import InvpropError
 
@@ -41,8 +42,6 @@ def decode_image(path: Path, shape: Sequence[int]) -> np.ndarray:
 
     Raises InvpropError naming the file when it cannot be decoded.
     """
-    from PIL import Image, ImageOps
-
     channels, height, width = (int(v) for v in shape)
     try:
         with Image.open(path) as image:

@@ -38,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from invprop.config import Config
 from invprop.errors import InvpropError
@@ -390,8 +395,7 @@ def choose_anchors(labels: np.ndarray, count: int, seed: int) -> list[int]:
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
+    # pyplot loads here, after the file-only Agg backend is chosen, not at import time
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -402,7 +406,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig.savefig(path, dpi=DPI, metadata=PNG_METADATA)
     plt.close(fig)
@@ -418,8 +422,6 @@ def _marker(n: int) -> str | None:
 
 def _integer_x(*axes: Any) -> None:
     """Whole-number ticks on the x axis (epochs, hops)."""
-    from matplotlib.ticker import MaxNLocator
-
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -573,10 +575,6 @@ def _embedding_maps(
     vectors: np.ndarray, labels: np.ndarray, classes: Sequence[str], cfg: Config, folder: Path
 ) -> list[str]:
     """PCA and t-SNE maps of the same seeded subset of test embeddings; markdown lines."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
     n = vectors.shape[0]
     m = min(cfg.report.map_points, n)
     rng = np.random.default_rng(cfg.seed)
