@@ -1,8 +1,8 @@
 """Weighted k-nearest-neighbour classification: the one kNN of the project.
 
-The training monitor, the evaluate stage and `invprop knn` all call these two functions,
-so every kNN figure in the project means the same thing (STYLE.md item 9, after DINO's
-`knn_classifier`). The protocol is NPID's, which InvP's authors use for their monitor
+The training monitor, the evaluate stage and `invprop knn` all call these functions, so
+every kNN figure in the project means the same thing (after DINO's `knn_classifier`).
+The protocol is NPID's, which InvP's authors use for their monitor
 (WangFeng18/InvariancePropagation@a290ae12d6e0ced62c19f0bbc395ded8e5e308df, `kNN.py`):
 
     sim(q, t) = <q / |q|, t / |t|>                  cosine similarity

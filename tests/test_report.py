@@ -56,7 +56,7 @@ ID_OFF_ROW = (
     "| Instance discrimination | not run (evaluate.baselines.instance_discrimination is off) "
     "| – | – | – |"
 )
-TRANSFER = {  # the keys invprop/transfer.py writes
+TRANSFER = {  # the keys invprop/stages/transfer.py writes
     "semi/10pct/finetune/top1": 0.9012,
     "semi/10pct/labels": 12,
     "semi/1pct/finetune/top1": 0.6543,

@@ -3,9 +3,10 @@
     invprop knn models/pretrain/snapshots/epoch_0010.pt --k 200 --k 20
     invprop knn artifacts/embeddings/final --json
 
-Same function as the evaluate stage (invprop.knn); clean protocol: train images are
-re-embedded without augmentation. A checkpoint is embedded with invprop.embed.extract on
-the prepared data of the dataset it was trained on, and its memory bank is scored too.
+Same function as the evaluate stage (invprop.knn_classifier); clean protocol: train images
+are re-embedded without augmentation. A checkpoint is embedded with
+invprop.inference.extract on the prepared data of the dataset it was trained on, and its
+memory bank is scored too.
 """
 
 from __future__ import annotations

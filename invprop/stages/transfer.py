@@ -7,7 +7,7 @@ Reads `models/pretrain/final.pt`, `data/prepared/<data.name>/` and
     subsets/<dataset>_<pct>.npy   sorted int64 train indices of each semi-supervised subset
     meta.json                     dataset, seed, fractions, rule, per-class count, sizes
 
-Protocols (METHOD.md, "Evaluation protocols"):
+Protocols (docs/method.md, "Evaluation protocols"):
 
 * Semi-supervised: for each fraction in transfer.semi_fractions, an exactly class-balanced
   subset of the pretraining dataset's labelled train images (`balanced_subset`) fine-tunes
