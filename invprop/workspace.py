@@ -128,6 +128,22 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def _save_folder(
+    folder: Path,
+    arrays_file: str,
+    arrays: dict[str, np.ndarray],
+    json_file: str,
+    data: dict[str, Any],
+    what: str,
+) -> None:
+    """Write an artifact folder of one .npz and one JSON file atomically, as one folder,
+    after checking the disk has room for the arrays."""
+    ensure_free_space(folder.parent, sum(a.nbytes for a in arrays.values()), what)
+    with atomic_dir(folder) as tmp:
+        save_npz(tmp / arrays_file, arrays)
+        write_json(tmp / json_file, data)
+
+
 # ---------------------------------------------------------------------------------------
 # Reports: reports/<stage>.json
 
@@ -368,10 +384,7 @@ def load_embeddings(folder: str | Path) -> EmbeddingSet:
 
 def save_embeddings(folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write an embeddings folder (embeddings.npz + meta.json) atomically, as one folder."""
-    ensure_free_space(folder.parent, sum(a.nbytes for a in arrays.values()), "embeddings")
-    with atomic_dir(folder) as tmp:
-        save_npz(tmp / EMBEDDINGS_FILE, arrays)
-        write_json(tmp / META_FILE, meta)
+    _save_folder(folder, EMBEDDINGS_FILE, arrays, META_FILE, meta, "embeddings")
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,10 +413,7 @@ def load_graph(tag: str, root: str | Path = ".") -> tuple[dict[str, np.ndarray],
 def save_graph(tag: str, arrays: dict[str, np.ndarray], stats: dict[str, Any]) -> Path:
     """Write graph.npz (ids, sims, labels) and stats.json of a tag atomically."""
     out = graph_dir(tag)
-    ensure_free_space(out.parent, sum(a.nbytes for a in arrays.values()), "the k-NN graph")
-    with atomic_dir(out) as tmp:
-        save_npz(tmp / GRAPH_FILE, arrays)
-        write_json(tmp / STATS_FILE, stats)
+    _save_folder(out, GRAPH_FILE, arrays, STATS_FILE, stats, "the k-NN graph")
     return out
 
 
@@ -451,10 +461,7 @@ def load_propagation_stats(tag: str, root: str | Path = ".") -> dict[str, Any]:
 def save_propagation(tag: str, positives: dict[str, np.ndarray], stats: dict[str, Any]) -> Path:
     """Write positives.npz (CSR) and stats.json of a tag atomically."""
     out = propagation_dir(tag)
-    ensure_free_space(out.parent, sum(a.nbytes for a in positives.values()), "positive sets")
-    with atomic_dir(out) as tmp:
-        save_npz(tmp / POSITIVES_FILE, positives)
-        write_json(tmp / STATS_FILE, stats)
+    _save_folder(out, POSITIVES_FILE, positives, STATS_FILE, stats, "positive sets")
     return out
 
 

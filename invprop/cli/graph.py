@@ -11,29 +11,22 @@ from pathlib import Path
 
 import typer
 
-from invprop.cli.common import (
-    JSON_OPTION,
-    PARAMS_OPTION,
-    SHOW_OPTION,
-    TAG_OPTION,
-    command,
-    show_anchor,
-)
+from invprop.cli import common
 
 app = typer.Typer(help="Inspect the k-NN graph of the embeddings.", no_args_is_help=True)
 
 
-@command(app, "neighbours")
+@common.command(app, "neighbours")
 def neighbours(
     index: int = typer.Argument(..., help="Train image index."),
-    tag: str = TAG_OPTION,
+    tag: str = common.TAG_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Write a PNG grid here."),
-    params: Path = PARAMS_OPTION,
-    show: int = SHOW_OPTION,
-    as_json: bool = JSON_OPTION,
+    params: Path = common.PARAMS_OPTION,
+    show: int = common.SHOW_OPTION,
+    as_json: bool = common.JSON_OPTION,
 ) -> None:
     """Nearest neighbours, propagated positives per hop and hard positives of one image.
 
     Example: invprop graph neighbours 123 --out reports/neighbours_123.png
     """
-    show_anchor(tag, index, None, params, out, show, as_json, neighbours=True)
+    common.show_anchor(tag, index, None, params, out, show, as_json, neighbours=True)
