@@ -2,14 +2,13 @@
 
 Exact propagation (invprop.method.propagate) from every node of a k-NN graph or of a
 memory bank's neighbour table, with the hard and easy positives selected from each set;
-the propagate stage, the report and `invprop propagate|bank` all measure with it.
+the propagate stage, `invprop propagate|bank` and the neighbourhood view all use it.
 
 Statistics. For hop h = 1..hops, ``cumulative`` describes the set within h hops and the P
 hard / easy positives selected from it; ``new`` describes the nodes first reached at hop h.
 ``size`` is the mean set size over all anchors; ``purity`` is the share of a set's members
 that carry the anchor's label, averaged over the anchors that have a label and a non-empty
-set (unlabelled members count as other labels). ``epochs`` repeats the last-hop figures for
-every pretrain snapshot, walking the bank's own neighbour table with the bank's vectors.
+set (unlabelled members count as other labels).
 
 Selection is :func:`invprop.method.loss.select_positives`, the function training uses; it
 takes [B, n] similarities, so :func:`select_from_sims` feeds it per-candidate similarities.
