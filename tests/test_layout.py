@@ -6,6 +6,7 @@ Uses the import walk of tests/test_stage_deps.py (function-level imports include
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from dvc_pipeline import dvc_stages
@@ -57,3 +58,31 @@ def test_primitives_import_neither_the_workspace_nor_a_stage() -> None:
         for m in imported_modules(module_file("invprop.workspace"))
         if m.startswith(("invprop.stages", "invprop.training", "invprop.cli"))
     }
+
+
+def test_artifact_paths_are_spelled_in_the_workspace_module_only() -> None:
+    """No string outside invprop/workspace.py starts with an artifact folder (messages and
+    help texts may mention one mid-sentence; a path is a string that starts with it)."""
+    roots = ("data/prepared", "models", "artifacts", "reports", "dvclive")
+    found = []
+    for path in sorted((ROOT / "invprop").rglob("*.py")):
+        if path.name == "workspace.py" and path.parent.name == "invprop":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and any(node.value == r or node.value.startswith(r + "/") for r in roots)
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert found == []
