@@ -1,8 +1,30 @@
 # The invprop pipeline for Snakemake: the same stages, commands, inputs, outputs and
 # params as dvc.yaml (tests/test_pipeline_dag.py proves it).
-#   snakemake --cores 2                                   # everything
-#   snakemake --cores 2 --workflow-profile profiles/local  # without mtime reruns
+#   snakemake --cores 2                                          # everything
+#   snakemake --workflow-profile profiles/local                  # all cores, failed logs shown
+#   snakemake --cores 2 --config 'pretrain={epochs: 8}'          # one override
+#   snakemake --cores 2 --configfile presets/ablation-concat.yaml
+# Every job writes its output to logs/<job>.log. Wall time and peak memory go into each
+# stage's reports/<stage>.json, written by the stage itself for both orchestrators: a
+# `benchmark:` file would be an output to Snakemake, so every workspace DVC built would look
+# incomplete to it (and --touch does not create one).
+from snakemake.utils import min_version
+
+from invprop.config import config_from_dict, restore_types, save_params
+
+min_version("9.0")
+
+
 configfile: "params.yaml"
+
+
+# Overrides (--config, --configfile) change `config`, while the stages read a params file.
+# So the resolved config, typed again (--config reads nested values as strings) and
+# validated, is written to one file that every command passes with --params, and the rules
+# track its values: each job computes with exactly the params Snakemake records.
+RESOLVED = config_from_dict(restore_types(config))
+config.update(RESOLVED.to_dict())
+PARAMS = save_params(RESOLVED, ".snakemake/invprop/params.yaml")
 
 DATA = config["data"]["name"]
 TARGETS = config["transfer"]["targets"]
@@ -26,6 +48,15 @@ def tracked(*keys):
 def one_of(names):
     """A wildcard constraint matching exactly these names."""
     return "|".join(names) or "^$"
+
+
+# Light rules run on the submitting machine, never queued as cluster jobs.
+localrules:
+    all,
+    prepare,
+    prepare_target,
+    propagate,
+    report,
 
 
 rule all:
@@ -53,8 +84,10 @@ rule prepare:
         f"reports/prepare_{DATA}.json",
     params:
         tracked=tracked("seed", "data"),
+    log:
+        "logs/prepare.log",
     shell:
-        "python stages/prepare.py {DATA}"
+        "python stages/prepare.py {DATA} --params {PARAMS} > {log} 2>&1"
 
 
 rule prepare_target:
@@ -73,8 +106,10 @@ rule prepare_target:
         target=one_of(TARGETS),
     params:
         tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
+    log:
+        "logs/prepare_target_{target}.log",
     shell:
-        "python stages/prepare.py {wildcards.target}"
+        "python stages/prepare.py {wildcards.target} --params {PARAMS} > {log} 2>&1"
 
 
 rule pretrain:
@@ -106,8 +141,10 @@ rule pretrain:
     resources:
         gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/pretrain.log",
     shell:
-        "python stages/pretrain.py"
+        "python stages/pretrain.py --params {PARAMS} > {log} 2>&1"
 
 
 # The baseline InvP is measured against: the same recipe with pretrain.invp false.
@@ -149,8 +186,10 @@ rule instance_discrimination:
     resources:
         gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/instance_discrimination.log",
     shell:
-        "python stages/instance_discrimination.py"
+        "python stages/instance_discrimination.py --params {PARAMS} > {log} 2>&1"
 
 
 rule embed:
@@ -178,8 +217,10 @@ rule embed:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/embed_{tag}.log",
     shell:
-        "python stages/embed.py {wildcards.tag}"
+        "python stages/embed.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule graph:
@@ -201,8 +242,10 @@ rule graph:
     params:
         tracked=tracked("seed", "graph", "propagate.k"),
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/graph_{tag}.log",
     shell:
-        "python stages/graph.py {wildcards.tag}"
+        "python stages/graph.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule propagate:
@@ -230,8 +273,10 @@ rule propagate:
     params:
         tracked=tracked("propagate"),
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/propagate_{tag}.log",
     shell:
-        "python stages/propagate.py {wildcards.tag}"
+        "python stages/propagate.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule evaluate:
@@ -262,8 +307,10 @@ rule evaluate:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/evaluate.log",
     shell:
-        "python stages/evaluate.py"
+        "python stages/evaluate.py --params {PARAMS} > {log} 2>&1"
 
 
 rule transfer:
@@ -301,8 +348,10 @@ rule transfer:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/transfer.log",
     shell:
-        "python stages/transfer.py"
+        "python stages/transfer.py --params {PARAMS} > {log} 2>&1"
 
 
 rule report:
@@ -331,6 +380,7 @@ rule report:
         PREPARED,
     output:
         report("reports/report.md", category="Report"),
+        "reports/report.json",
         report(
             directory("reports/figures"),
             patterns=["{name}.png"],
@@ -339,5 +389,7 @@ rule report:
         ),
     params:
         tracked=tracked("seed", "data.name", "propagate", "report"),
+    log:
+        "logs/report.log",
     shell:
-        "python stages/report.py"
+        "python stages/report.py --params {PARAMS} > {log} 2>&1"

@@ -38,7 +38,9 @@ def main() -> int:
         figures = list(numbers(json.loads(Path(path).read_text())))
         if not figures:
             problems.append(f"{path}: holds no figures")
-        problems += [f"{path}: {key} = {value}" for key, value in figures if not math.isfinite(value)]
+        problems += [
+            f"{path}: {key} = {value}" for key, value in figures if not math.isfinite(value)
+        ]
     if not Path("reports/report.md").is_file():
         problems.append("reports/report.md: missing")
     for problem in problems:

@@ -454,6 +454,56 @@ def _validate(cfg: Config) -> None:
     need(len(set(cfg.embed.tags)) == len(cfg.embed.tags), "embed.tags has duplicates")
 
 
+def _takes_strings(tp: Any) -> bool:
+    """Whether a value of type `tp` may be a string, so a string given for it stays one."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(arg, str) for arg in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return any(_takes_strings(arg) for arg in typing.get_args(tp))
+    return tp is str
+
+
+def _restore(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return restore_types(value, tp)
+    if isinstance(value, str) and not _takes_strings(tp):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # validation then names the key and what it expects
+    if isinstance(value, list) and typing.get_origin(tp) in (list, tuple):
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple:
+            return [_restore(arg, item) for arg, item in zip(args, value, strict=False)]
+        return [_restore(args[0], item) for item in value]
+    return value
+
+
+def restore_types(data: dict[str, Any], cls: type = Config) -> dict[str, Any]:
+    """`data` with each string that stands for a non-string value read as YAML.
+
+    Snakemake's `--config` reads nested values as strings (`pretrain={epochs: 8}` gives
+    epochs '8'); typed again here, they reach the stages as Snakemake records them.
+    Unknown keys pass through, for validation to name.
+    """
+    hints = typing.get_type_hints(cls)
+    return {key: _restore(hints[key], v) if key in hints else v for key, v in data.items()}
+
+
+def save_params(cfg: Config, path: str | Path) -> Path:
+    """Write `cfg` as a complete params file, atomically; left untouched when it already
+    holds exactly this (so its time stamp moves only when the params do)."""
+    from invprop.io import atomic_file
+
+    path = Path(path)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if not (path.is_file() and path.read_text() == text):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and YAML-parsed value."""
     key, sep, raw = text.partition("=")

@@ -21,6 +21,8 @@ from invprop.config import (
     deep_merge,
     flat_keys,
     load_config,
+    restore_types,
+    save_params,
 )
 from invprop.errors import InvpropError
 
@@ -243,3 +245,34 @@ def test_a_checkpoint_written_before_a_rename_reads_under_the_new_names() -> Non
     del stored["pretrain"]["propagator"]
     cfg = checkpoint_config({"config": stored})
     assert (cfg.pretrain.k, cfg.pretrain.propagator) == (Config().pretrain.k + 1, "concat")
+
+
+def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:
+    # What Snakemake's --config 'pretrain={epochs: 8, ...}' delivers: every scalar a string.
+    given = {
+        "seed": "3",
+        "data": {"root": "123", "train_limit": "10000", "name": "digits"},
+        "pretrain": {"epochs": "8", "lr": "0.1", "invp": "false", "precision": "fp32"},
+        "augment": {"crop_scale": ["0.3", "1.0"]},
+        "evaluate": {"knn_k": ["20", "1"]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",
+    }
+    assert restore_types(given) == {
+        "seed": 3,
+        "data": {"root": "123", "train_limit": 10000, "name": "digits"},  # root is a string
+        "pretrain": {"epochs": 8, "lr": 0.1, "invp": False, "precision": "fp32"},
+        "augment": {"crop_scale": [0.3, 1.0]},
+        "evaluate": {"knn_k": [20, 1]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",  # unknown: left for validation to name
+    }
+
+
+def test_save_params_writes_a_loadable_file_only_when_it_changes(tmp_path: Path) -> None:
+    cfg = config_from_dict({}, ["pretrain.epochs=9"])
+    path = save_params(cfg, tmp_path / "deep" / "params.yaml")
+    assert load_config(path) == cfg
+    before = path.stat().st_mtime_ns
+    save_params(cfg, path)
+    assert path.stat().st_mtime_ns == before
