@@ -146,8 +146,9 @@ def test_training_on_a_folder_is_the_same_run_with_or_without_workers(
                 "n_background": 16,
                 "n_pos": 8,
                 "num_workers": num_workers,
+                "snapshot_epochs": [],
             },
-            embed={"batch_size": 10},
+            embed={"batch_size": 10, "tags": ["final"]},
         )
         prepare(cfg, "imagefolder")  # -> data/prepared/imagefolder, where training reads
         run = tmp_path / f"workers_{num_workers}"
