@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from invprop.data.prepared import PreparedDataset, load_prepared
+# meta.json: the prepared data's (invprop.data.prepared reads it), the embeddings' and the
+# transfer subsets'
+from invprop.data.prepared import META_FILE, PreparedDataset, load_prepared
 from invprop.errors import InvpropError
 from invprop.io import (
     atomic_dir,
@@ -105,7 +107,6 @@ EMBEDDINGS_FILE = "embeddings.npz"
 GRAPH_FILE = "graph.npz"
 POSITIVES_FILE = "positives.npz"
 STATS_FILE = "stats.json"  # graph and propagation statistics
-META_FILE = "meta.json"  # prepared data, embeddings, transfer subsets
 STATUS_FILE = "status.json"  # why an artifact holds nothing else
 EMBEDDING_ARRAYS = (
     "train_features",

@@ -22,7 +22,7 @@ import numpy as np
 from invprop import __version__
 from invprop.config import Config
 from invprop.data.imagefolder import check_images
-from invprop.data.prepared import META_VERSION, SPLITS, decode_image, load_size
+from invprop.data.prepared import META_VERSION, SPLITS, decode_image, load_size, split_files
 from invprop.data.sources import (
     ArraySplit,
     FileSplit,
@@ -216,9 +216,10 @@ def _artifact_bytes(splits: dict[str, RawSplit]) -> int:
 
 
 def _write_split(folder: Path, split: str, data: RawSplit) -> None:
+    files = split_files(folder, split)
     if isinstance(data, ArraySplit):
-        np.save(folder / f"{split}_images.npy", np.ascontiguousarray(data.images, np.uint8))
-        np.save(folder / f"{split}_labels.npy", data.labels.astype(np.int64))
+        np.save(files["images"], np.ascontiguousarray(data.images, np.uint8))
+        np.save(files["labels"], data.labels.astype(np.int64))
         return
     index = {"root": str(data.root), "files": data.files, "labels": data.labels.tolist()}
-    (folder / f"{split}_index.json").write_text(json.dumps(index, separators=(",", ":")))
+    files["index"].write_text(json.dumps(index, separators=(",", ":")))
