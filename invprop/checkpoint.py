@@ -27,16 +27,14 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from invprop.config import Config, config_from_dict
+from invprop.config import Config, config_from_dict, with_current_names
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, ensure_free_space, file_sha256
-
-if TYPE_CHECKING:
-    from invprop.models import Encoder
+from invprop.io import atomic_file, ensure_free_space
+from invprop.models import Encoder
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -44,7 +42,6 @@ __all__ = [
     "checkpoint_config",
     "checkpoint_preprocessing",
     "encoder_from_checkpoint",
-    "file_sha256",
     "image_preprocessing",
     "load_checkpoint",
     "save_checkpoint",
@@ -152,8 +149,9 @@ def checkpoint_preprocessing(state: dict[str, Any], where: str) -> dict[str, Any
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The validated config of the run that wrote `state`."""
-    return config_from_dict(state["config"])
+    """The validated config of the run that wrote `state` (one written before a params key
+    was renamed reads under the current names)."""
+    return config_from_dict(with_current_names(state["config"]))
 
 
 def build_encoder(cfg: Config) -> Encoder:
@@ -161,8 +159,6 @@ def build_encoder(cfg: Config) -> Encoder:
 
     Pretraining starts from exactly this network, so it doubles as the random-init baseline.
     """
-    from invprop.models import Encoder
-
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:

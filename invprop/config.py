@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from invprop.bounds import max_positives
 from invprop.errors import InvpropError
 
 DATASET_NAMES = (
@@ -36,12 +37,23 @@ DATASET_NAMES = (
 )
 
 
-def max_positives(k: int, hops: int) -> int:
-    """The largest possible propagated positive set: k + k^2 + ... + k^hops (the width C of a
-    Propagation; a params error above it)."""
-    if k < 1 or hops < 1:
-        raise ValueError(f"need k >= 1 and hops >= 1, got k={k}, hops={hops}")
-    return sum(k**hop for hop in range(1, hops + 1))
+# Keys renamed so that one name means one thing (evaluate.knn_k is the classifier's k list;
+# propagate is a stage): the old name gets a one-line error that names the new one.
+RENAMED_KEYS = {
+    "pretrain.knn_k": "pretrain.k",
+    "pretrain.propagation": "pretrain.propagator",
+}
+
+
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping written before RENAMED_KEYS (a checkpoint's stored config) with its
+    keys under their current names; other mappings come back as they are."""
+    out = json.loads(json.dumps(data))
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (_, new_name) = old.split("."), new.split(".")
+        if name in out.get(section, {}):
+            out[section][new_name] = out[section].pop(name)
+    return out
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -104,12 +116,14 @@ class PretrainConfig:
     bank_momentum: float = _f(0.5, ge=0, lt=1)
     bank_init: Literal["random", "forward"] = "forward"
     invp: bool = True
-    knn_k: int = _f(4, ge=1)
+    # Neighbours per row of the memory bank's k-NN table (propagation walks them).
+    k: int = _f(4, ge=1)
     hops: int = _f(3, ge=1)
     n_pos: int = _f(20, ge=1)
     n_background: int = _f(4096, ge=1)
     positives: Literal["hard", "easy"] = "hard"
-    propagation: Literal["exact", "concat"] = "exact"
+    # How positives are propagated: exact BFS (the paper) or concat (the authors' code).
+    propagator: Literal["exact", "concat"] = "exact"
     background: Literal["code", "paper"] = "paper"
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
@@ -351,6 +365,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        for name in unknown:
+            if f"{where}{name}" in RENAMED_KEYS:
+                raise InvpropError(
+                    f"params: {where}{name} was renamed to {RENAMED_KEYS[where + name]}; "
+                    "rename the key in your params file or preset"
+                )
         raise InvpropError(
             f"params: unknown key {where}{unknown[0]}; allowed keys here: "
             + ", ".join(f"{where}{name}" for name in fields)
@@ -397,12 +417,12 @@ def _validate(cfg: Config) -> None:
     }.items():
         need(0 < low <= high, f"{name} = [{low}, {high}] must satisfy 0 < low <= high")
     need(cfg.augment.crop_scale[1] <= 1, "augment.crop_scale upper bound must be <= 1")
-    largest = max_positives(p.knn_k, p.hops)
+    largest = max_positives(p.k, p.hops)
     need(
         p.n_pos <= largest,
         f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set "
-        f"k + k^2 + ... + k^hops = {largest} (knn_k={p.knn_k}, hops={p.hops}); "
-        "lower pretrain.n_pos or raise pretrain.knn_k / pretrain.hops",
+        f"k + k^2 + ... + k^hops = {largest} (k={p.k}, hops={p.hops}); "
+        "lower pretrain.n_pos or raise pretrain.k / pretrain.hops",
     )
     largest = max_positives(cfg.propagate.k, cfg.propagate.hops)
     need(
@@ -584,6 +604,7 @@ def apply_preset(
     validated before the file is rewritten (atomically), so a bad preset never leaves a
     broken params.yaml behind.
     """
+    # Only `params apply` needs these: kept out of `invprop --help`, which imports config
     from ruamel.yaml import YAML
 
     from invprop.io import atomic_file

@@ -11,7 +11,7 @@ module holds the plain JavaScript that draws them. It shows, for a seeded sample
   positives it would train on, and their similarities;
 - a switch between the final model and each snapshot epoch of `embed.tags`.
 
-Neighbours and positives come from `invprop.propagation.positives_of` over the graph
+Neighbours and positives come from `invprop.positive_sets.positives_of` over the graph
 artifact, the code of the propagate stage and of `invprop graph neighbours`. Thumbnails
 are kept for the anchors, the neighbours shown and the hard positives; hop members are
 coloured squares. The page grows with the sample size (at most 1 + tags x (neighbours +
@@ -32,10 +32,9 @@ import numpy as np
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.logs import get_logger, track
-from invprop.propagation import load_checked_graph, positives_of
+from invprop.positive_sets import positives_of
 
 LOG = get_logger("report")
-EXPLORER_DIR = Path("reports/explorer")
 TEMPLATE = Path(__file__).with_name("explorer.html")
 SHEET_COLUMNS = 64
 DATA_MARK = "/*EXPLORER_DATA*/"
@@ -105,34 +104,32 @@ def sprite_sheet(images: Any, ids: list[int]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def explorer_data(cfg: Config, tags: list[str], root: str | Path = ".") -> dict[str, Any]:
-    """Everything the page draws, as plain data (see the module docstring)."""
-    from invprop.data import load_prepared
-
+def explorer_data(cfg: Config, prepared: Any, graphs: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Everything the page draws, as plain data (see the module docstring). `graphs` maps
+    each tag to its graph arrays (ids, sims) and embeddings (n, vectors, meta), checked to
+    belong together; `prepared` is the dataset they embed."""
     r = cfg.report
-    prepared = load_prepared(Path(root) / "data" / "prepared" / cfg.data.name)
     labels = np.asarray(prepared.train.labels, dtype=np.int64)
     sample = sample_ids(len(labels), r.explorer_points, cfg.seed)
     views: dict[str, Any] = {}
     epochs: dict[str, Any] = {}
     thumbs = {int(i) for i in sample}
-    for tag in tags:
-        graph, _, emb = load_checked_graph(tag, root)
+    for tag, (graph, emb) in graphs.items():
         if emb.n != len(labels):
             raise InvpropError(
-                f"artifacts/embeddings/{tag} holds {emb.n} train rows but "
-                f"data/prepared/{cfg.data.name} has {len(labels)}; rerun embed@{tag}"
+                f"the {tag} embeddings hold {emb.n} train rows but the prepared "
+                f"{cfg.data.name} data has {len(labels)}; rerun embed@{tag}"
             )
         anchors = [
             anchor_view(
-                graph["ids"], graph["sims"], emb.vectors, int(a), cfg, r.explorer_neighbours
+                graph["ids"], graph["sims"], emb.train_vectors, int(a), cfg, r.explorer_neighbours
             )
             for a in track(sample, f"explorer {tag}", unit="anchors", logger=LOG)
         ]
         for view in anchors:
             thumbs.update(j for j, _ in view["n"])
             thumbs.update(j for j, _ in view["p"])
-        xy = map_2d(emb.vectors[sample], cfg.seed)
+        xy = map_2d(emb.train_vectors[sample], cfg.seed)
         views[tag] = {"xy": np.round(xy, 4).tolist(), "anchors": anchors}
         epochs[tag] = emb.meta.get("epoch")
     sheet_ids = sorted(thumbs)
@@ -141,7 +138,7 @@ def explorer_data(cfg: Config, tags: list[str], root: str | Path = ".") -> dict[
         "dataset": cfg.data.name,
         "classes": list(prepared.classes),
         "labels": labels.tolist(),
-        "tags": tags,
+        "tags": list(graphs),
         "epochs": epochs,
         "sample": sample.tolist(),
         "k": cfg.propagate.k,
@@ -165,14 +162,16 @@ def render_page(data: dict[str, Any]) -> str:
     return TEMPLATE.read_text().replace(DATA_MARK, payload)
 
 
-def write_explorer(cfg: Config, folder: Path, root: str | Path = ".") -> Path:
-    """Write `folder`/index.html for the tags of cfg.embed.tags (final first)."""
-    tags = sorted(cfg.embed.tags, key=lambda tag: (tag != "final", tag))
-    data = explorer_data(cfg, tags, root)
+def write_explorer(
+    cfg: Config, folder: Path, prepared: Any, graphs: dict[str, tuple[Any, Any]]
+) -> Path:
+    """Write `folder`/index.html for the tags of `graphs` (see explorer_data), in order."""
+    data = explorer_data(cfg, prepared, graphs)
     page = render_page(data)
     path = folder / "index.html"
     path.write_text(page)
     LOG.info(
-        f"explorer: {len(data['sample'])} images, tags {', '.join(tags)}: {len(page) / 1e6:.2f} MB"
+        f"explorer: {len(data['sample'])} images, tags {', '.join(graphs)}: "
+        f"{len(page) / 1e6:.2f} MB"
     )
     return path

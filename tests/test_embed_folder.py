@@ -17,9 +17,9 @@ from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, save_ch
 from invprop.cli import app
 from invprop.config import config_from_dict
 from invprop.data import load_prepared
-from invprop.data.prepare import prepare
-from invprop.embed import normalisation
-from invprop.train import train
+from invprop.inference import normalisation
+from invprop.stages.prepare import prepare
+from invprop.training import train
 
 TINY = {
     "data": {"name": "synthetic", "image_size": 16, "train_limit": 64, "test_limit": 16},

@@ -36,10 +36,11 @@ def unit(x: np.ndarray) -> np.ndarray:
 def workspace(tmp_path_factory):
     """Prepared digits; embeddings of two tags (pixels, and pixels with noise for the
     snapshot); the real graph stage on both."""
-    from invprop import graph
     from invprop.data import load_prepared
-    from invprop.data.prepare import prepare
-    from invprop.embed import save_npz
+    from invprop.io import save_npz
+    from invprop.stages import graph
+    from invprop.stages.prepare import prepare
+    from invprop.workspace import load_checked_graph
 
     root = tmp_path_factory.mktemp("explorer")
     cfg = config_from_dict(PARAMS)
@@ -69,7 +70,8 @@ def workspace(tmp_path_factory):
             (folder / "meta.json").write_text(json.dumps(meta))
             graph.run(cfg, tag)
         Path("page").mkdir()
-        page = explorer.write_explorer(cfg, Path("page"))
+        graphs = {tag: load_checked_graph(tag)[::2] for tag in ("final", "epoch_0002")}
+        page = explorer.write_explorer(cfg, Path("page"), data, graphs)
     return root, cfg, root / page
 
 
@@ -81,7 +83,8 @@ def page_data(page: Path) -> dict:
 
 
 def test_page_data_matches_the_graph_and_propagation(workspace) -> None:
-    from invprop.propagation import load_checked_graph, positives_of
+    from invprop.positive_sets import positives_of
+    from invprop.workspace import load_checked_graph
 
     root, _, page = workspace
     data = page_data(page)
@@ -99,7 +102,7 @@ def test_page_data_matches_the_graph_and_propagation(workspace) -> None:
                 np.testing.assert_allclose(
                     [s for _, s in shown["n"]], graph["sims"][anchor][:5], atol=1e-4
                 )
-                found = positives_of(graph["ids"][:, :4], emb.vectors, anchor, 2, 5)
+                found = positives_of(graph["ids"][:, :4], emb.train_vectors, anchor, 2, 5)
                 assert shown["h"] == [
                     [int(j), int(h)] for j, h in zip(found.ids, found.hop, strict=True)
                 ]

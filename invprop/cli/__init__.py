@@ -14,7 +14,7 @@ from typing import Literal
 import typer
 
 from invprop import __version__
-from invprop.cli import ckpt, data, embed, graph, knn, metrics, params
+from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate
 from invprop.cli.common import JSON_OPTION, OneLineErrors, command, print_json
 from invprop.logs import setup_logging
 from invprop.pipeline import STAGES
@@ -50,9 +50,9 @@ def root(
 app.add_typer(params.app, name="params")
 app.add_typer(data.app, name="data")
 app.add_typer(ckpt.app, name="ckpt")
-app.add_typer(graph.graph_app, name="graph")
-app.add_typer(graph.propagate_app, name="propagate")
-app.add_typer(graph.bank_app, name="bank")
+app.add_typer(graph.app, name="graph")
+app.add_typer(propagate.app, name="propagate")
+app.add_typer(bank.app, name="bank")
 embed.register(app)
 knn.register(app)
 metrics.register(app)

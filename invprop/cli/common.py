@@ -1,5 +1,6 @@
-"""Helpers every CLI command shares: one-line user errors, `--json` or rich output, and the
-types of arguments with fixed choices (completed in the shell, refused with the list)."""
+"""Helpers the CLI commands share: one-line user errors, `--json` or rich output, the
+types of arguments with fixed choices (completed in the shell, refused with the list), and
+the view of one image's neighbourhood that `graph neighbours` and `propagate show` print."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import typer
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
+from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,20 +53,26 @@ class Tags:
     """Artifact tags (final, epoch_NNNN) present under `folder` (relative to the working
     directory, as every artifact path): completed in the shell, anything else refused
     with the list (before any artifact exists, a tag of the wrong form). Pass
-    `parser=Tags(folder)` and `autocompletion=Tags(folder).complete`."""
+    `parser=Tags(name)` and `autocompletion=Tags(name).complete`."""
 
     def __init__(self, folder: str) -> None:
-        self.folder = Path(folder)
+        self.folder_name = folder  # an invprop.workspace constant, looked up when needed
+
+    @property
+    def folder(self) -> Path:
+        from invprop import workspace  # numpy and friends load only when a tag is read
+
+        return getattr(workspace, self.folder_name)
 
     def present(self) -> list[str]:
-        from invprop.graph import TAG_PATTERN
+        from invprop.workspace import TAG_PATTERN
 
         if not self.folder.is_dir():
             return []
         return sorted(p.name for p in self.folder.iterdir() if TAG_PATTERN.match(p.name))
 
     def __call__(self, value: str) -> str:
-        from invprop.graph import TAG_PATTERN
+        from invprop.workspace import TAG_PATTERN
 
         present = self.present()
         if present and value not in present:
@@ -77,6 +85,28 @@ class Tags:
 
     def complete(self, incomplete: str) -> list[str]:
         return [tag for tag in self.present() if tag.startswith(incomplete)]
+
+
+GRAPH_TAGS = Tags("GRAPH_DIR")
+PROPAGATION_TAGS = Tags("PROPAGATION_DIR")
+TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=GRAPH_TAGS,
+    autocompletion=GRAPH_TAGS.complete,
+    help="Graph tag: final or epoch_NNNN.",
+)
+PROPAGATION_TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=PROPAGATION_TAGS,
+    autocompletion=PROPAGATION_TAGS.complete,
+    help="Propagation tag: final or epoch_NNNN.",
+)
+PARAMS_OPTION = typer.Option(
+    Path("params.yaml"), "--params", help="Params file (propagate.k, hops, n_pos)."
+)
+SHOW_OPTION = typer.Option(8, "--show", min=1, max=32, help="Images per row of the PNG grid.")
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
@@ -112,3 +142,70 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     Console().print(table)
+
+
+def number_or_na(value: float | None) -> float | str:
+    return "n/a" if value is None else value
+
+
+def propagate_params(params: Path) -> Any:
+    return load_config(params).propagate if params.exists() else Config().propagate
+
+
+def show_anchor(
+    tag: str,
+    index: int,
+    hops: int | None,
+    params: Path,
+    out: Path | None,
+    show: int,
+    as_json: bool,
+    neighbours: bool,
+) -> None:
+    """What `graph neighbours` and `propagate show` print (and draw, with --out)."""
+    from invprop.neighbourhood import draw_grid, inspect_anchor
+    from invprop.workspace import load_checked_graph, prepared_if_present
+
+    graph, _, emb = load_checked_graph(tag)
+    prepared = prepared_if_present(emb.dataset)
+    result = inspect_anchor(
+        tag, graph, emb, prepared, index, hops, propagate_params(params), neighbours
+    )
+    if out is not None:
+        draw_grid(result, prepared, out, show)
+        result["png"] = str(out)
+    if as_json:
+        print_json(result)
+        return
+    title = (
+        f"image {index} ({result['class']}), graph {tag}"
+        if neighbours
+        else (f"positives of image {index} ({result['class']}), {tag}")
+    )
+    print_anchor(result, title)
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+def print_anchor(result: dict[str, Any], title: str) -> None:
+    rows = []
+    if "neighbours" in result:
+        rows += [
+            (
+                f"neighbour {e['rank']}",
+                e["id"],
+                e["class"],
+                e["sim"],
+                "yes" if e["same_label"] else "no",
+            )
+            for e in result["neighbours"]
+        ]
+    for hop in result["positives_by_hop"]:
+        purity = "n/a" if hop["purity"] is None else f"purity {hop['purity']:.3f}"
+        rows.append((f"hop {hop['hop']}", f"{hop['size']} new", "", "", purity))
+    for kind in ("hard", "easy"):
+        rows += [
+            (f"{kind} {r + 1}", e["id"], e["class"], e["sim"], "yes" if e["same_label"] else "no")
+            for r, e in enumerate(result[kind])
+        ]
+    print_table(title, ["kind", "id", "class", "sim", "same label"], rows)

@@ -30,7 +30,7 @@ def embed(
 
     Example: invprop embed models/pretrain/final.pt photos/ --out photos.npz
     """
-    from invprop.embed import embed_folder
+    from invprop.inference import embed_folder
 
     meta = embed_folder(checkpoint, folder, out, batch_size, device)
     meta["out"] = str(out)

@@ -22,18 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from invprop.data.sources import (
     SPLIT_SEED,
+    TEST_FRACTION,
     FileSplit,
     RawDataset,
     SourceFile,
     SourceOptions,
     register,
-    stratified_split,
 )
 from invprop.errors import InvpropError
 from invprop.logs import get_logger, track
+from invprop.sampling import stratified_split
 
 LOG = get_logger("prepare")
 IMAGE_EXTENSIONS = frozenset(
@@ -87,8 +89,6 @@ def scan_folder(folder: Path) -> dict[str | None, list[Path]]:
 
 def _check_one(path: Path, full: bool) -> tuple[str, str, int]:
     """(PIL mode, sha256 of the bytes or "", size) of one image; an error if it is bad."""
-    from PIL import Image
-
     try:
         if full:
             data = path.read_bytes()
@@ -163,7 +163,7 @@ def read_imagefolder(opts: SourceOptions) -> RawDataset:
     classes = sorted({name for scan in scans for name in scan if name is not None})
     splits = [_split(root, scan, classes) for scan in scans]
     if len(splits) == 1:
-        train_idx, test_idx = stratified_split(splits[0].labels)
+        train_idx, test_idx = stratified_split(splits[0].labels, TEST_FRACTION, SPLIT_SEED)
         splits = [splits[0].take(train_idx), splits[0].take(test_idx)]
     # Sources and channels come from check_images, which prepare runs after any
     # train_limit/test_limit subset, so a quick run on a huge folder checks only its part.
