@@ -206,4 +206,4 @@ def test_params_apply_and_stage_print_json(tmp_path: Path, monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["stage"] == "prepare" and shown["exit_status"] == 0
-    assert shown["reports"]["reports/prepare_synthetic.json"]["counts"] == {"train": 30, "test": 10}
+    assert shown["written"]["reports/prepare_synthetic.json"]["counts"] == {"train": 30, "test": 10}

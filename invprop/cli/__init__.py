@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal
 
 import typer
 
@@ -17,9 +16,6 @@ from invprop import __version__
 from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate
 from invprop.cli.common import JSON_OPTION, OneLineErrors, command, print_json
 from invprop.logs import setup_logging
-from invprop.pipeline import STAGES
-
-StageName = Literal[tuple(STAGES)]  # type: ignore[valid-type]
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -58,10 +54,26 @@ knn.register(app)
 metrics.register(app)
 
 
+def _stage_names(incomplete: str = "") -> list[str]:
+    from invprop.pipeline import STAGES  # imported on use: it loads the workspace (numpy)
+
+    return [name for name in STAGES if name.startswith(incomplete)]
+
+
+def _stage_name(value: str) -> str:
+    names = _stage_names()
+    if value not in names:
+        choices = ", ".join(repr(name) for name in names)
+        raise typer.BadParameter(f"{value!r} is not one of {choices}.")
+    return value
+
+
 @command(app, "stage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def stage(
     ctx: typer.Context,
-    name: StageName = typer.Argument(..., help="Stage name, as in dvc.yaml."),
+    name: str = typer.Argument(
+        ..., parser=_stage_name, autocompletion=_stage_names, help="Stage name, as in dvc.yaml."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run one pipeline stage with the same code DVC and Snakemake call.
@@ -79,12 +91,14 @@ def stage(
             for path, mtime in _report_times().items()
             if before.get(path) != mtime
         }
-        print_json({"stage": name, "args": ctx.args, "exit_status": status, "reports": written})
+        print_json({"stage": name, "args": ctx.args, "exit_status": status, "written": written})
     raise typer.Exit(status)
 
 
 def _report_times() -> dict[Path, int]:
-    return {path: path.stat().st_mtime_ns for path in Path("reports").glob("*.json")}
+    from invprop.workspace import REPORTS_DIR
+
+    return {path: path.stat().st_mtime_ns for path in REPORTS_DIR.glob("*.json")}
 
 
 def main() -> None:
