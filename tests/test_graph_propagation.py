@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from invprop.cli import bank as bank_cli
 from invprop.cli import graph as graph_cli
 from invprop.cli import propagate as propagate_cli
+from invprop.cli.common import OneLineErrors
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
 from invprop.positive_sets import bank_stats, propagation_stats
@@ -438,7 +439,7 @@ def test_graph_stage_input_errors(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------
 # CLI
 
-cli = typer.Typer()
+cli = typer.Typer(cls=OneLineErrors)  # the root app's one-line usage errors
 cli.add_typer(graph_cli.app, name="graph")
 cli.add_typer(propagate_cli.app, name="propagate")
 cli.add_typer(bank_cli.app, name="bank")
