@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint dataset
+.PHONY: setup run test lint dataset browser
 
 setup: $(STAMP) dataset
 
@@ -31,10 +31,20 @@ dataset:
 			|| echo "warning: could not install dataset-fashion-mnist; set data.root in params.yaml"; \
 	fi
 
+# Headless Chromium for the explorer page's test (Debian's chromium and chromium-driver;
+# the test skips, saying so, where they cannot be installed).
+browser:
+	@if [ ! -x /usr/bin/chromedriver ] && command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else exit 0; fi; \
+		echo "installing chromium and chromium-driver"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+			|| echo "warning: could not install chromium; the explorer page's browser test will skip"; \
+	fi
+
 run: setup
 	$(BIN)/dvc repro
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

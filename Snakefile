@@ -359,6 +359,8 @@ rule report:
         "stages/report.py",
         "invprop/bounds.py",
         "invprop/data",
+        "invprop/explorer.html",
+        "invprop/explorer.py",
         "invprop/io.py",
         "invprop/method",
         "invprop/neighbourhood.py",
@@ -374,12 +376,16 @@ rule report:
         "reports/graph_final.json",
         "reports/propagate_final.json",
         "dvclive/pretrain/plots/metrics",
-        "artifacts/embeddings/final",
-        "artifacts/graph/final",
+        # every tag's embeddings and graph: the explorer page switches between them
+        expand("artifacts/embeddings/{tag}", tag=TAGS),
+        "artifacts/embeddings/instance_discrimination",
+        expand("artifacts/graph/{tag}", tag=TAGS),
         "artifacts/propagation/final",
         PREPARED,
     output:
         report("reports/report.md", category="Report"),
+        directory("reports/explorer"),
+        directory("reports/plots"),
         "reports/report.json",
         report(
             directory("reports/figures"),
@@ -388,7 +394,7 @@ rule report:
             labels={"figure": "{name}"},
         ),
     params:
-        tracked=tracked("seed", "data.name", "propagate", "report"),
+        tracked=tracked("seed", "data.name", "embed.tags", "propagate", "report"),
     log:
         "logs/report.log",
     shell:

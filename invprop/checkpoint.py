@@ -11,6 +11,10 @@ A checkpoint is a plain dict of tensors and primitives, loaded with
     bank          MemoryBank state_dict (vectors [n, d], neighbours [n, k])
     optimizer     optimizer state_dict
     history       list of per-epoch metric dicts (what dvclive logged)
+    preprocessing how images become network inputs, so a checkpoint alone embeds any image
+                  (`invprop embed CKPT FOLDER`): image_size, channels, mean, std (after
+                  conversion to `channels`), stored_size (the side images are decoded to
+                  before `invprop.augment.center` resizes them to image_size)
 
 No RNG state: every random draw of training is a function of (seed, epoch, sample index)
 or (seed, epoch), so a resumed run needs none.
@@ -36,7 +40,9 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "build_encoder",
     "checkpoint_config",
+    "checkpoint_preprocessing",
     "encoder_from_checkpoint",
+    "image_preprocessing",
     "load_checkpoint",
     "save_checkpoint",
     "training_hash",
@@ -116,6 +122,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "pass a file written by the pretrain stage"
         )
     return state
+
+
+def image_preprocessing(
+    cfg: Config, stored_shape: tuple[int, ...], mean: list[float], std: list[float]
+) -> dict[str, Any]:
+    """The checkpoint's `preprocessing` record (see the module docstring)."""
+    return {
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "stored_size": int(stored_shape[-1]),
+    }
+
+
+def checkpoint_preprocessing(state: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `preprocessing` record of a checkpoint; an error naming the fix when absent."""
+    record = state.get("preprocessing")
+    if not record:
+        raise InvpropError(
+            f"{where} records no image preprocessing (written before invprop recorded it); "
+            "rerun pretraining, or embed its prepared dataset with the embed stage"
+        )
+    return dict(record)
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:

@@ -212,6 +212,11 @@ class TransferConfig:
 class ReportConfig:
     anchors: int = _f(4, ge=1)
     map_points: int = _f(2000, ge=10)
+    # reports/explorer/index.html: train images on its map, and neighbours shown per image.
+    # Each image brings at most 1 + tags x (neighbours + n_pos) thumbnails of ~0.55 KB
+    # (Fashion-MNIST), so 120 keeps the default page under 5 MB even without overlap.
+    explorer_points: int = _f(120, ge=1)
+    explorer_neighbours: int = _f(8, ge=1)
 
 
 @dataclass(frozen=True)

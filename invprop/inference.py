@@ -12,7 +12,7 @@ writes them); rows follow the prepared split's order, which is also the memory b
 from __future__ import annotations
 
 import contextlib
-import sys
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,8 @@ from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, trainin
 from invprop.config import Config
 from invprop.data import convert_channels, decode_batches
 from invprop.errors import InvpropError
-from invprop.io import file_sha256
+from invprop.io import atomic_file, file_sha256, load_npz, save_npz
+from invprop.logs import get_logger, track
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -35,18 +36,17 @@ if TYPE_CHECKING:
 __all__ = [
     "check_compatible",
     "embed_checkpoint",
+    "embed_folder",
     "extract",
     "inference_autocast",
+    "load_folder_embeddings",
     "normalisation",
     "resolve_device",
 ]
 
+LOG = get_logger("embed")
 # ITU-R BT.601 luma weights, as invprop.data.tensors.convert_channels uses.
 _LUMA = (0.299, 0.587, 0.114)
-
-
-def log(message: str) -> None:
-    print(f"[embed] {message}", file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -147,7 +147,14 @@ def extract(
     encoder.train(batch_statistics)
     try:
         start = 0
-        for images in _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers):
+        batches = track(
+            _uint8_batches(split, channels, batch_size, device, cfg.pretrain.num_workers),
+            f"embedding the {split.name} split",
+            total=-(-n // batch_size),
+            images=len,
+            logger=LOG,
+        )
+        for images in batches:
             x = center(images, size, mean_t, std_t)
             if device.type == "cuda" and cfg.pretrain.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -211,6 +218,87 @@ def check_compatible(
             )
 
 
+# ---------------------------------------------------------------------------------------
+# Any folder of images, with nothing but a checkpoint: `invprop embed CKPT FOLDER --out F`
+
+FOLDER_KEYS = ("features", "embeddings", "labels", "paths", "classes", "meta")
+
+
+def embed_folder(
+    checkpoint: str | Path,
+    folder: str | Path,
+    out: str | Path,
+    batch_size: int = 256,
+    device: str | torch.device | None = "auto",
+) -> dict[str, Any]:
+    """Embed every image of `folder` (class sub-folders, or a flat folder: labels -1) with
+    the checkpoint's recorded preprocessing, and write `out` (.npz, atomically):
+
+        features [N, F] float32   embeddings [N, d] float32   labels [N] int64
+        paths [N] str (relative to folder)   classes [C] str   meta: JSON str
+
+    Returns the meta (checkpoint, its sha256 and epoch, folder, counts, preprocessing).
+    """
+    from invprop.checkpoint import (
+        checkpoint_preprocessing,
+        encoder_from_checkpoint,
+        load_checkpoint,
+    )
+    from invprop.data.imagefolder import scan_folder
+    from invprop.data.prepared import ImageFiles, Split
+
+    folder = Path(folder)
+    state = load_checkpoint(checkpoint)
+    pre = checkpoint_preprocessing(state, str(checkpoint))
+    scanned = scan_folder(folder)
+    classes = sorted(name for name in scanned if name is not None)
+    files: list[str] = []
+    labels: list[int] = []
+    for name, paths in scanned.items():
+        files += [p.relative_to(folder).as_posix() for p in paths]
+        labels += [-1 if name is None else classes.index(name)] * len(paths)
+    shape = (pre["channels"], pre["stored_size"], pre["stored_size"])
+    split = Split(folder.name, ImageFiles(folder, files, shape), np.asarray(labels, np.int64))
+    dev = resolve_device(device)
+    encoder, cfg, _ = encoder_from_checkpoint(state, dev)
+    statistics = {"mean": pre["mean"], "std": pre["std"]}
+    features, embeddings = extract(encoder, split, statistics, cfg, dev, batch_size)
+    meta = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "epoch": int(state["epoch"]),
+        "folder": str(folder),
+        "counts": {"images": len(files), "labelled": int(sum(label >= 0 for label in labels))},
+        "preprocessing": pre,
+    }
+    arrays = {
+        "features": features.numpy(),
+        "embeddings": embeddings.numpy(),
+        "labels": split.labels,
+        "paths": np.asarray(files, dtype=str),
+        "classes": np.asarray(classes, dtype=str),
+        "meta": np.asarray(json.dumps(meta, sort_keys=True)),
+    }
+    with atomic_file(out) as tmp:
+        save_npz(tmp, arrays)
+    LOG.info(f"{len(files)} images of {folder} -> {out}")
+    return meta
+
+
+def load_folder_embeddings(path: str | Path) -> dict[str, Any]:
+    """An `invprop embed CKPT FOLDER` output: its arrays, classes as a list, meta as a dict."""
+    arrays = load_npz(path, "folder embeddings")
+    missing = [key for key in FOLDER_KEYS if key not in arrays]
+    if missing:
+        raise InvpropError(
+            f"{path} lacks array {missing[0]!r}; write it with invprop embed CKPT FOLDER --out"
+        )
+    return arrays | {
+        "classes": [str(c) for c in arrays["classes"]],
+        "meta": json.loads(str(arrays["meta"])),
+    }
+
+
 def embed_checkpoint(
     cfg: Config,
     checkpoint: str | Path,
@@ -229,11 +317,11 @@ def embed_checkpoint(
     encoder, ckpt_cfg, state = encoder_from_checkpoint(state, dev)
     check_compatible(ckpt_cfg, cfg, prepared, str(checkpoint))
     if state.get("params_hash") != training_hash(cfg):
-        log(
+        LOG.info(
             f"note: {checkpoint} was trained with other pretrain params than params.yaml has "
             "now (training hash differs); embedding it as it is"
         )
-    log(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
+    LOG.info(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
     arrays: dict[str, np.ndarray] = {}
     for split in (prepared.train, prepared.test):
         features, embeddings = extract(encoder, split, prepared.meta, cfg, dev)

@@ -32,6 +32,7 @@ from torch import Tensor
 from invprop.augment import AugmentConfig, BatchAugment
 from invprop.data import as_tensor, convert_channels, decode_batches
 from invprop.inference import extract, inference_autocast, normalisation
+from invprop.logs import track
 from invprop.sampling import holdout_split
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def linear_probe(
         fit_t = torch.from_numpy(fit_idx).to(dev)
         val_t = torch.from_numpy(val_idx).to(dev)
         fit_x, val_x = standardise(train_x[fit_t], train_x[val_t])
-        for c in grid:
+        for c in track(grid, "linear probe: choosing C", unit="fits"):
             weight, bias = fit_logistic(fit_x, train_y[fit_t], num_classes, c, max_iter)
             val_top1[str(c)] = topk_accuracy(val_x @ weight.t() + bias, train_y[val_t])[0]
         best_c = max(grid, key=lambda c: (val_top1[str(c)], -c))
@@ -327,7 +328,13 @@ def sgd_augmented_probe(
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)
         order = torch.randperm(rows.size, generator=generator)
         batches = [rows[chunk.numpy()] for chunk in torch.split(order, lin.batch_size)]
-        for images, index in source.batches(batches):
+        steps = track(
+            source.batches(batches),
+            f"linear layer, epoch {epoch}/{lin.epochs}",
+            total=len(batches),
+            images=lambda batch: len(batch[1]),
+        )
+        for images, index in steps:
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lin.lr * (1 + math.cos(math.pi * step / total_steps))
             x = augment(images, index, cfg.seed, epoch)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from invprop.errors import InvpropError
+from invprop.logs import track
 
 __all__ = [
     "INDEXES",
@@ -47,6 +48,8 @@ __all__ = [
 INDEXES = ("flat", "ivf", "hnsw")
 # faiss on a GPU answers at most 2048 neighbours per query.
 FAISS_GPU_MAX_K = 2048
+# Queries per faiss search call: progress granularity, no effect on the result.
+SEARCH_BLOCK = 16_384
 IVF_TRAIN_PER_LIST = 64
 # Similarity entries per chunk of an exact torch search (2^26 fp32 = 256 MiB).
 MAX_CHUNK_ELEMENTS = 1 << 26
@@ -206,6 +209,15 @@ def build_faiss_index(
     return built
 
 
+def _query_blocks(n: int, block: int) -> Iterator[slice]:
+    """Consecutive row slices of at most `block` queries, with progress."""
+    starts = range(0, n, block)
+    for start in track(
+        starts, "neighbour search", unit="blocks", images=lambda s: min(block, n - s)
+    ):
+        yield slice(start, min(start + block, n))
+
+
 def _faiss_search(
     database: np.ndarray, queries: np.ndarray, k: int, index: str, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -214,9 +226,13 @@ def _faiss_search(
         built = build_faiss_index(database, index, options, int(options.get("seed", 0)), gpu)
         if index == "hnsw":
             built.hnsw.efSearch = max(built.hnsw.efSearch, 2 * k)
-        sims, ids = built.search(queries, k)
+        ids = np.empty((queries.shape[0], k), dtype=np.int64)
+        sims = np.empty((queries.shape[0], k), dtype=np.float32)
+        # In blocks only so progress shows; each query's search is independent.
+        for rows in _query_blocks(queries.shape[0], SEARCH_BLOCK):
+            sims[rows], ids[rows] = built.search(queries[rows], k)
     device = "cuda:0" if gpu else "cpu"
-    return ids.astype(np.int64, copy=False), sims.astype(np.float32, copy=False), device
+    return ids, sims, device
 
 
 def chunk_rows(n: int, limit: int | None = None) -> int:
@@ -238,8 +254,7 @@ def topk_chunks(
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     n_queries = queries.shape[0]
     buffer = torch.empty(min(chunk, n_queries), database.shape[0], device=database.device)
-    for start in range(0, n_queries, chunk):
-        rows = slice(start, min(start + chunk, n_queries))
+    for rows in _query_blocks(n_queries, chunk):
         q = queries[rows].to(database.device)
         block = torch.mm(q, database.T, out=buffer[: q.shape[0]])
         top = block.topk(k, dim=1, largest=True, sorted=True)

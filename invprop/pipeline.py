@@ -22,6 +22,7 @@ from invprop import workspace
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 from invprop.io import write_json
+from invprop.logs import get_logger, setup_logging
 
 STAGE_NAMES = (
     "prepare",
@@ -107,14 +108,17 @@ def main(name: str, argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override one param, e.g. --set pretrain.epochs=2 (repeatable)",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     options = parser.parse_args(argv)
+    setup_logging(options.verbose - options.quiet)
     try:
         cfg = load_config(options.params, options.overrides)
         seconds = run_stage(name, cfg, options.args)
     except InvpropError as exc:
         print(f"invprop {name}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"invprop {name}: done in {seconds:.1f} s", file=sys.stderr)
+    get_logger(name).info(f"done in {seconds:.1f} s")
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from invprop.errors import InvpropError
+from invprop.logs import get_logger, progress, track
 from invprop.method.loss import select_positives
 from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
 
@@ -40,6 +41,7 @@ __all__ = [
     "table_coverage",
 ]
 
+LOG = get_logger("propagate")
 KINDS = ("all", "hard", "easy")
 CHUNK = 2048
 CHUNK_SLOTS = 1 << 22
@@ -234,8 +236,9 @@ def propagation_stats(
     }
     anchors_all = torch.arange(n)
     labels_t = acc.labels
-    with torch.no_grad():
+    with torch.no_grad(), progress(f"{where}: propagating", n, "anchors", LOG) as shown:
         for res in _propagate_chunks(g, v, hops, anchors_all, chunk):
+            shown.advance(res.anchors.shape[0], res.anchors.shape[0])
             a, prop = res.anchors, res.prop
             own = None if labels_t is None else labels_t[a]
             # members and same-label members per hop, by scatter: column h-1 = hop h
@@ -363,7 +366,7 @@ def bank_stats(
     norms = vectors.norm(dim=1)
     candidates = repeats = 0
     with torch.no_grad():
-        for start in range(0, n, chunk):
+        for start in track(range(0, n, chunk), f"{where}: duplicates", unit="blocks"):
             anchors = torch.arange(start, min(start + chunk, n))
             concat = propagate_concat(neighbours, anchors, hops)
             exact = propagate_exact(neighbours, anchors, hops)

@@ -24,7 +24,6 @@ noise (tests/test_distributed.py); rank 0 alone writes checkpoints, curves and p
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from invprop.augment import BatchAugment
 from invprop.checkpoint import (
     CHECKPOINT_VERSION,
     build_encoder,
+    image_preprocessing,
     load_checkpoint,
     save_checkpoint,
     training_hash,
@@ -56,18 +56,14 @@ from invprop.distributed import (
 from invprop.errors import InvpropError
 from invprop.inference import extract, normalisation, resolve_device
 from invprop.knn_classifier import knn_accuracy
+from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
 from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
+LOG = get_logger("pretrain")
 MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
-
-
-def log(message: str) -> None:
-    """Progress on stderr, from rank 0 only under torchrun."""
-    if Ranks.from_env().is_main:
-        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
 
 
 def log_row(live: Any, row: dict[str, float]) -> None:
@@ -99,9 +95,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     epoch: int = 0
     history: list[dict[str, float]] | None = None
+    preprocessing: dict[str, Any] | None = None  # see invprop.checkpoint
 
     def to_checkpoint(self, cfg: Config) -> dict[str, Any]:
         return {
+            "preprocessing": dict(self.preprocessing or {}),
             "version": CHECKPOINT_VERSION,
             "epoch": self.epoch,
             "params_hash": training_hash(cfg),
@@ -213,19 +211,19 @@ def resume_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
         state = load_checkpoint(last)
     except InvpropError as exc:
         snapshots = [path for _, path in reversed(run.snapshots())]
-        log(f"warning: {exc}")
+        LOG.warning(f"{exc}")
         for snapshot in snapshots:
             try:
                 state = load_checkpoint(snapshot)
             except InvpropError:
                 continue
-            log(f"warning: resuming from the last good snapshot {snapshot} instead")
+            LOG.warning(f"resuming from the last good snapshot {snapshot} instead")
             break
         else:
-            log("warning: no usable snapshot either; starting afresh")
+            LOG.warning("no usable snapshot either; starting afresh")
             return None
     if state["params_hash"] != training_hash(cfg):
-        log(f"params changed since {last} was written; starting afresh")
+        LOG.info(f"params changed since {last} was written; starting afresh")
         return None
     return state
 
@@ -281,14 +279,15 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         encoder = sync_batchnorm(encoder, device)
     bank = MemoryBank(data.n, cfg.model.dim, p.k).to(device)
     optimizer = make_optimizer(cfg, encoder)
-    state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = normalisation(prepared.meta, cfg.data.channels)
+    preprocessing = image_preprocessing(cfg, prepared.shape, mean, std)
+    state = TrainState(encoder, bank, optimizer, history=[], preprocessing=preprocessing)
     augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
 
     previous = resume_state(cfg, run)
     if previous is not None:
         state.restore(previous)
-        log(f"resuming from epoch {state.epoch} of {p.epochs}")
+        LOG.info(f"resuming from epoch {state.epoch} of {p.epochs}")
     elif p.bank_init == "random":
         bank.init_random(torch.Generator(device=device).manual_seed(cfg.seed))
     else:
@@ -305,7 +304,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
             batch_statistics=True,
         )
         bank.init_from(embeddings.to(device))
-        log("bank and neighbour table filled by a forward pass of the initial network")
+        LOG.info("bank and neighbour table filled by a forward pass of the initial network")
     broadcast_(bank.vectors, bank.neighbours)  # GPUs may differ in the last bit
     model: torch.nn.Module = encoder
     if ranks.distributed:  # DDP also starts every rank from rank 0's weights
@@ -328,9 +327,14 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         model.train()
         sums = torch.zeros(3, device=device)
         start = time.perf_counter()
-        for step_in_epoch, (images, indices) in enumerate(
-            data.batches(p.batch_size, cfg.seed, epoch, ranks.rank, ranks.world_size)
-        ):
+        steps = track(
+            data.batches(p.batch_size, cfg.seed, epoch, ranks.rank, ranks.world_size),
+            f"epoch {epoch}/{p.epochs}",
+            total=batches_per_epoch,
+            images=lambda batch: len(batch[1]) * ranks.world_size,
+            logger=LOG,
+        )
+        for step_in_epoch, (images, indices) in enumerate(steps):
             lr = learning_rate(
                 cfg, state.epoch * batches_per_epoch + step_in_epoch, batches_per_epoch
             )
@@ -376,7 +380,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         if p.monitor_knn:
             row["knn_bank_top1"] = monitor_knn(encoder, bank, data.labels, prepared, cfg, device)
         log_row(live, row)
-        log(
+        LOG.info(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         checkpoint = state.to_checkpoint(cfg)

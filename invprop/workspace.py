@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDINGS_DIR",
     "EMBEDDINGS_FILE",
+    "EXPLORER_DIR",
     "FIGURES_DIR",
     "GRAPH_DIR",
     "GRAPH_FILE",
@@ -58,6 +59,7 @@ __all__ = [
     "INSTANCE_DISCRIMINATION_EMBEDDINGS",
     "INSTANCE_DISCRIMINATION_OFF",
     "META_FILE",
+    "PLOTS_DIR",
     "POSITIVES_FILE",
     "PREPARED_DIR",
     "PRETRAIN",
@@ -102,6 +104,8 @@ TRANSFER_DIR = Path("artifacts/transfer")
 REPORTS_DIR = Path("reports")
 REPORT_MD = REPORTS_DIR / "report.md"
 FIGURES_DIR = REPORTS_DIR / "figures"
+EXPLORER_DIR = REPORTS_DIR / "explorer"  # the report stage's explorer page
+PLOTS_DIR = REPORTS_DIR / "plots"  # data files of dvc.yaml's top-level plots
 TAG_PATTERN = re.compile(r"^(final|epoch_\d{4})$")
 EMBEDDINGS_FILE = "embeddings.npz"
 GRAPH_FILE = "graph.npz"

@@ -232,6 +232,14 @@ class RawWriters:
         return written
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _stage_logging() -> None:
+    """Library messages reach stderr as in a stage run, where tests read them (capsys)."""
+    from invprop.logs import setup_logging
+
+    setup_logging()
+
+
 @pytest.fixture(scope="session")
 def writers() -> type[RawWriters]:
     return RawWriters

@@ -66,7 +66,7 @@ def test_params_diff_and_apply(tmp_path: Path) -> None:
     [
         (("params", "show", "--params", "missing.yaml"), "params file not found: missing.yaml"),
         (("params", "show", "--set", "pretrain.hops=0"), "pretrain.hops = 0 is out of range"),
-        (("stage", "bogus"), "unknown stage 'bogus'"),
+        (("stage", "bogus"), "'bogus' is not one of 'prepare', 'pretrain'"),
     ],
 )
 def test_user_errors_are_one_line_with_nonzero_exit(
@@ -112,3 +112,98 @@ def test_a_stage_without_its_own_report_gets_one_for_its_footprint(
     assert pipeline.main("report", []) == 0
     written = json.loads((tmp_path / "reports/report.json").read_text())
     assert set(written) == {"footprint"} and written["footprint"]["wall_seconds"] >= 0
+
+
+def _leaf_commands(group, path=()):
+    """(path, click command) of every command of the app, sub-apps walked recursively."""
+    for name, sub in group.commands.items():
+        if hasattr(sub, "commands"):  # a group: a sub-app
+            yield from _leaf_commands(sub, (*path, name))
+        else:
+            yield (*path, name), sub
+
+
+def test_every_command_has_json() -> None:
+    import typer
+
+    commands = dict(_leaf_commands(typer.main.get_command(app)))
+    # the walk reaches the sub-apps' commands, not just the top
+    assert {("params", "apply"), ("data", "grid"), ("stage",), ("bank", "stats")} <= set(commands)
+    missing = [
+        " ".join(path)
+        for path, command in commands.items()
+        if not any("--json" in param.opts for param in command.params)
+    ]
+    assert missing == []
+
+
+def test_version() -> None:
+    from invprop import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"invprop {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "choices"),
+    [
+        (("stage", "bogus"), "'prepare', 'pretrain'"),
+        (("data", "grid", ".", "--out", "x.png", "--split", "val"), "'train', 'test'"),
+        (("knn", "x.pt", "--device", "gpu"), "'auto', 'cpu', 'cuda'"),
+    ],
+)
+def test_fixed_choices_are_refused_in_one_line_with_the_valid_values(
+    args: tuple[str, ...], choices: str
+) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Invalid value") and choices in lines[0]
+
+
+def test_fixed_choices_complete_in_the_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for tag in ("final", "epoch_0002", "not_a_tag"):
+        (tmp_path / "artifacts/graph" / tag).mkdir(parents=True)
+
+    def complete(line: str) -> list[str]:
+        """What bash's completion asks `invprop` for the last word of `line`."""
+        env = {
+            "_INVPROP_COMPLETE": "complete_bash",
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(len(line.split(" ")) - 1),
+        }
+        result = runner.invoke(app, [], prog_name="invprop", env=env)
+        return result.output.split()
+
+    assert complete("invprop stage pre") == ["prepare", "pretrain"]
+    assert complete("invprop data grid d --split ") == ["train", "test"]
+    assert complete("invprop knn x.pt --device c") == ["cpu", "cuda"]
+    assert complete("invprop graph neighbours 1 --tag ") == ["epoch_0002", "final"]
+    result = invoke("graph", "neighbours", "1", "--tag", "epoch_0009")
+    assert result.exit_code == 2
+    assert "'epoch_0009' is not a tag of artifacts/graph: epoch_0002, final" in result.output
+
+
+def test_params_apply_and_stage_print_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("pretrain:\n  epochs: 3\n")
+    Path("preset.yaml").write_text("pretrain:\n  epochs: 9\n")
+    result = invoke("params", "apply", "preset.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] == {"pretrain.epochs": {"old": 3, "new": 9}}
+    Path("params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"name": "synthetic", "image_size": 8, "train_limit": 30, "test_limit": 10},
+                "transfer": {"targets": []},
+            }
+        )
+    )
+    result = invoke("stage", "prepare", "synthetic", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["stage"] == "prepare" and shown["exit_status"] == 0
+    assert shown["written"]["reports/prepare_synthetic.json"]["counts"] == {"train": 30, "test": 10}

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from invprop.cli import bank as bank_cli
 from invprop.cli import graph as graph_cli
 from invprop.cli import propagate as propagate_cli
+from invprop.cli.common import OneLineErrors
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
 from invprop.positive_sets import bank_stats, propagation_stats
@@ -438,7 +439,7 @@ def test_graph_stage_input_errors(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------
 # CLI
 
-cli = typer.Typer()
+cli = typer.Typer(cls=OneLineErrors)  # the root app's one-line usage errors
 cli.add_typer(graph_cli.app, name="graph")
 cli.add_typer(propagate_cli.app, name="propagate")
 cli.add_typer(bank_cli.app, name="bank")
@@ -522,9 +523,9 @@ def test_cli_bank_stats(workspace, tmp_path):
     [
         (("graph", "neighbours", "150", "--json"), "out of range"),
         (("graph", "neighbours", "--", "-1"), "out of range"),
-        (("graph", "neighbours", "0", "--tag", "epoch_0002"), "not found"),
-        (("propagate", "stats", "--tag", "epoch_0001"), "not found"),
-        (("propagate", "show", "1", "--tag", "nonsense"), "not 'final'"),
+        (("graph", "neighbours", "0", "--tag", "epoch_0002"), "not a tag of artifacts/graph: "),
+        (("propagate", "stats", "--tag", "epoch_0001"), "not a tag of artifacts/propagation: "),
+        (("propagate", "show", "1", "--tag", "nonsense"), "'nonsense' is not a tag"),
         (("propagate", "show", "1", "--hops", "0"), "--hops 0 is out of range"),
         (("propagate", "show", "1", "--hops", "40"), "use 1 to 10"),
         (("bank", "stats", "params.yaml"), "params.yaml is not a torch checkpoint"),

@@ -114,3 +114,19 @@ def test_dvc_and_snakemake_describe_the_same_dag() -> None:
             deps |= inside or {dep}
         assert deps == snake[name].deps, name
         assert dvc[name].params == snake[name].params, name
+
+
+def test_uncached_outputs_are_not_git_ignored() -> None:
+    """`cache: false` outputs (metrics, plot data, the dvclive curves) are versioned by git,
+    so .gitignore must not hide them (DVC ignores, and hides, the cached ones itself)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    uncached = sorted(
+        out for stage in dvc_stages(ROOT).values() for out in stage.outs - stage.cached
+    )
+    assert "dvclive/pretrain/plots/metrics" in uncached and "reports/plots" in uncached
+    probes = [f"{out}/x.tsv" if "." not in Path(out).name else out for out in uncached]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *probes], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == []

@@ -18,11 +18,14 @@ from invprop.config import config_from_dict
 from invprop.errors import InvpropError
 from invprop.stages import report
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PARAMS = {
     "seed": 0,
     "data": {"name": "digits", "train_limit": 120, "test_limit": 60},
     "transfer": {"targets": []},
     "pretrain": {"epochs": 3, "snapshot_epochs": [1, 2]},
+    "embed": {"tags": ["final"]},  # the explorer page's test covers several tags
     "graph": {"k": 6},
     "propagate": {"k": 4, "hops": 2, "n_pos": 6},
     "report": {"anchors": 2, "map_points": 40},
@@ -430,3 +433,48 @@ def test_metrics_cli_shows_the_results_tables(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     tables = json.loads(result.output)
     assert tables[0]["rows"][0] == ["InvP", "81.2", "79.9", "80.5", "85.7"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    header, *lines = path.read_text().splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
+
+
+@pytest.mark.slow
+def test_plot_data_files_follow_the_stats_and_dvc_plots_renders_them(full, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "ws"
+    shutil.copytree(full[0], root)
+    run_report(root, full[1])
+    stats = json.loads((root / "artifacts/propagation/final/stats.json").read_text())
+    hops = _rows(root / "reports/plots/purity_hop.tsv")
+    assert [int(r["hop"]) for r in hops] == [row["hop"] for row in stats["per_hop"]]
+    for got, row in zip(hops, stats["per_hop"], strict=True):
+        assert float(got["hard"]) == pytest.approx(row["cumulative"]["hard_purity"], abs=1e-6)
+        assert float(got["new"]) == pytest.approx(row["new"]["purity"], abs=1e-6)
+    epochs = _rows(root / "reports/plots/purity_epoch.tsv")
+    assert [int(r["epoch"]) for r in epochs] == sorted(row["epoch"] for row in stats["epochs"])
+
+    # The top-level plots of the real dvc.yaml render from these files and the curves,
+    # the InvP and instance-discrimination curves overlaid in one plot.
+    baseline = root / "dvclive/instance_discrimination/plots/metrics"
+    shutil.copytree(root / "dvclive/pretrain/plots/metrics", baseline)
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")  # what dvc.yaml interpolates
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
+    shown = subprocess.run(
+        [dvc, "plots", "show", "--json"], cwd=root, capture_output=True, text=True, check=True
+    )
+    data = json.loads(shown.stdout)
+    assert "data" in data, data
+    data = data["data"]
+    for name in ("purity_per_hop", "purity_per_epoch", "training_loss"):
+        assert data[name] and data[name][0]["content"]["data"]["values"], name
+    overlay = data["knn_monitor_invp_vs_instance_discrimination"][0]["content"]["data"]["values"]
+    assert {row["filename"].split("/")[0] for row in overlay} == {
+        "pretrain",
+        "instance_discrimination",
+    }

@@ -30,6 +30,9 @@ NOT_DEPENDENCIES = {
     # Loads params, dispatches to the stage function and records its wall time and memory
     # in the stage's report, which is a metric (not cached), never an artifact.
     "invprop/pipeline.py": "dispatch and footprint only",
+    # Logging set-up and progress display: what a stage says while it works, never what
+    # it computes (track() yields every item of the loop it wraps, unchanged).
+    "invprop/logs.py": "messages and progress only",
     "invprop/__init__.py": "package marker",
 }
 

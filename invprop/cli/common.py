@@ -1,15 +1,21 @@
-"""Helpers the CLI commands share: one-line user errors, `--json` or rich output, and the
-view of one image's neighbourhood that `graph neighbours` and `propagate show` print."""
+"""Helpers the CLI commands share: one-line user errors, `--json` or rich output, the
+types of arguments with fixed choices (completed in the shell, refused with the list), and
+the view of one image's neighbourhood that `graph neighbours` and `propagate show` print."""
 
 from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import typer
+
+# Typer vendors click and re-exports only BadParameter of its exceptions.
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
 
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
@@ -17,7 +23,86 @@ from invprop.errors import InvpropError
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
-TAG_OPTION = typer.Option("final", "--tag", help="Embeddings tag: final or epoch_NNNN.")
+# Arguments with fixed choices: Typer makes a Literal a click.Choice (shell completion,
+# and a bad value refused with the list).
+Split = Literal["train", "test"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: usage errors (a bad choice, a missing argument) print as one
+    `error: ...` line with status 2, like InvpropError, instead of a usage panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            # pydantic's wording for a bad choice; the rest of the message says it all
+            message = exc.format_message().replace("Value error, ", "")
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class Tags:
+    """Artifact tags (final, epoch_NNNN) present under `folder` (relative to the working
+    directory, as every artifact path): completed in the shell, anything else refused
+    with the list (before any artifact exists, a tag of the wrong form). Pass
+    `parser=Tags(name)` and `autocompletion=Tags(name).complete`."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder_name = folder  # an invprop.workspace constant, looked up when needed
+
+    @property
+    def folder(self) -> Path:
+        from invprop import workspace  # numpy and friends load only when a tag is read
+
+        return getattr(workspace, self.folder_name)
+
+    def present(self) -> list[str]:
+        from invprop.workspace import TAG_PATTERN
+
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir() if TAG_PATTERN.match(p.name))
+
+    def __call__(self, value: str) -> str:
+        from invprop.workspace import TAG_PATTERN
+
+        present = self.present()
+        if present and value not in present:
+            raise typer.BadParameter(
+                f"{value!r} is not a tag of {self.folder}: {', '.join(present)}"
+            )
+        if not TAG_PATTERN.match(value):  # no artifacts yet: the form, at least
+            raise typer.BadParameter(f"{value!r} is not 'final' or 'epoch_NNNN'")
+        return value
+
+    def complete(self, incomplete: str) -> list[str]:
+        return [tag for tag in self.present() if tag.startswith(incomplete)]
+
+
+GRAPH_TAGS = Tags("GRAPH_DIR")
+PROPAGATION_TAGS = Tags("PROPAGATION_DIR")
+TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=GRAPH_TAGS,
+    autocompletion=GRAPH_TAGS.complete,
+    help="Graph tag: final or epoch_NNNN.",
+)
+PROPAGATION_TAG_OPTION = typer.Option(
+    "final",
+    "--tag",
+    parser=PROPAGATION_TAGS,
+    autocompletion=PROPAGATION_TAGS.complete,
+    help="Propagation tag: final or epoch_NNNN.",
+)
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="Params file (propagate.k, hops, n_pos)."
 )

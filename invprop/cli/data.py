@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import JSON_OPTION, Split, command, print_json, print_table
 from invprop.errors import InvpropError
 
 if TYPE_CHECKING:
@@ -101,10 +101,11 @@ def _mosaic(
 def grid(
     path: Path = PATH_ARGUMENT,
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
-    split: str = typer.Option("train", help="train or test."),
+    split: Split = typer.Option("train", help="Which split."),
     per_class: int = typer.Option(8, min=1, max=64, help="Images per class (row)."),
     seed: int = typer.Option(0, help="Seed of the random choice of images."),
     max_classes: int = typer.Option(20, min=1, help="Show at most this many classes."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Save a labelled grid of random images, one row per class, to look at the data.
 
@@ -152,4 +153,15 @@ def grid(
     with atomic_file(out) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
+    if as_json:
+        print_json(
+            {
+                "png": str(out),
+                "dataset": str(path),
+                "split": split,
+                "classes": [name for name, _ in shown],
+                "indices": {name: [int(i) for i in picks] for name, picks in shown},
+            }
+        )
+        return
     typer.echo(f"wrote {out}: {len(shown)} rows x {per_class} images from {path} ({split})")

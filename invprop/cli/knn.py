@@ -2,6 +2,7 @@
 
     invprop knn models/pretrain/snapshots/epoch_0010.pt --k 200 --k 20
     invprop knn artifacts/embeddings/final --json
+    invprop knn --train photos.npz --queries more_photos.npz   # two `invprop embed` outputs
 
 Same function as the evaluate stage (invprop.knn_classifier); clean protocol: train images
 are re-embedded without augmentation. A checkpoint is embedded with
@@ -16,11 +17,17 @@ from typing import Any
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import JSON_OPTION, Device, command, print_json, print_table
 from invprop.errors import InvpropError
 
 SOURCE_ARGUMENT = typer.Argument(
-    ..., help="A checkpoint (.pt) or an embeddings folder (artifacts/embeddings/<tag>)."
+    None, help="A checkpoint (.pt) or an embeddings folder (artifacts/embeddings/<tag>)."
+)
+TRAIN_OPTION = typer.Option(
+    None, "--train", help="An `invprop embed` output whose labelled images vote."
+)
+QUERIES_OPTION = typer.Option(
+    None, "--queries", help="An `invprop embed` output whose labelled images are scored."
 )
 K_OPTION = typer.Option([200], "--k", min=1, help="Neighbours to vote (repeatable).")
 TEMPERATURE_OPTION = typer.Option(0.07, "--temperature", min=1e-6, help="Vote weight exp(sim/T).")
@@ -29,7 +36,7 @@ DATA_OPTION = typer.Option(
     "--data",
     help="Prepared dataset folder (default: data/prepared/<the checkpoint's dataset>).",
 )
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto: the GPU when there is one.")
 BATCH_OPTION = typer.Option(512, "--batch-size", min=1, help="Images per forward pass.")
 
 
@@ -109,20 +116,67 @@ def knn_of_checkpoint(
     return out
 
 
+def knn_of_folders(
+    train_file: Path, queries_file: Path, ks: list[int], temperature: float, device: str
+) -> dict[str, Any]:
+    """Flat kNN metrics of one `invprop embed` output's images against another's."""
+    import torch
+
+    from invprop.inference import load_folder_embeddings, resolve_device
+    from invprop.knn_classifier import knn_metrics
+
+    train, queries = load_folder_embeddings(train_file), load_folder_embeddings(queries_file)
+    for path, data, role in ((train_file, train, "vote"), (queries_file, queries, "be scored")):
+        if not (data["labels"] >= 0).any():
+            raise InvpropError(
+                f"{path} has no labelled images to {role}; embed a folder of class sub-folders"
+            )
+    if train["classes"] != queries["classes"]:
+        raise InvpropError(
+            f"{train_file} and {queries_file} have different classes ({train['classes']} vs "
+            f"{queries['classes']}); embed folders with the same class sub-folders"
+        )
+    dev = resolve_device(device)
+    out: dict[str, Any] = {"train": str(train_file), "queries": str(queries_file)}
+    for kind in ("embeddings", "features"):
+        out |= knn_metrics(
+            f"knn/{kind}",
+            torch.from_numpy(train[kind]),
+            torch.from_numpy(train["labels"]),
+            torch.from_numpy(queries[kind]),
+            torch.from_numpy(queries["labels"]),
+            ks,
+            temperature,
+            len(train["classes"]),
+            dev,
+        )
+    return out
+
+
 def knn(
-    source: Path = SOURCE_ARGUMENT,
+    source: Path | None = SOURCE_ARGUMENT,
+    train: Path | None = TRAIN_OPTION,
+    queries: Path | None = QUERIES_OPTION,
     k: list[int] = K_OPTION,
     temperature: float = TEMPERATURE_OPTION,
     data: Path | None = DATA_OPTION,
-    device: str = DEVICE_OPTION,
+    device: Device = DEVICE_OPTION,
     batch_size: int = BATCH_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Weighted kNN accuracy (top-1/top-5) of a checkpoint or an embeddings folder.
+    """Weighted kNN accuracy (top-1/top-5) of a checkpoint, an embeddings folder, or of
+    one `invprop embed` output against another (--train, --queries).
 
     Example: invprop knn models/pretrain/final.pt --k 200 --k 20
     """
-    if source.is_dir():
+    if (train is None) != (queries is None) or (train is not None) == (source is not None):
+        raise InvpropError(
+            "pass a checkpoint or embeddings folder, or both --train and --queries "
+            "(two invprop embed outputs)"
+        )
+    if train is not None and queries is not None:
+        result = knn_of_folders(train, queries, list(k), temperature, device)
+    elif source.is_dir():
         result = knn_of_embeddings(source, list(k), temperature, device)
     elif source.is_file():
         result = knn_of_checkpoint(source, list(k), temperature, data, device, batch_size)
@@ -134,10 +188,9 @@ def knn(
     if as_json:
         print_json(result)
         return
-    rows = [(key, value) for key, value in result.items() if key not in ("source", "epoch")]
-    print_table(
-        f"kNN of {source} (epoch {result['epoch']}, T={temperature})", ["metric", "value"], rows
-    )
+    rows = [(key, value) for key, value in result.items() if isinstance(value, float)]
+    title = f"{queries} against {train}" if train else f"{source} (epoch {result['epoch']})"
+    print_table(f"kNN of {title}, T={temperature}", ["metric", "value"], rows)
 
 
 def register(app: typer.Typer) -> None:

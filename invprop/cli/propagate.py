@@ -15,6 +15,7 @@ import typer
 from invprop.cli.common import (
     JSON_OPTION,
     PARAMS_OPTION,
+    PROPAGATION_TAG_OPTION,
     SHOW_OPTION,
     TAG_OPTION,
     command,
@@ -30,7 +31,7 @@ app = typer.Typer(
 
 
 @command(app, "stats")
-def stats(tag: str = TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
+def stats(tag: str = PROPAGATION_TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Mean set size and label purity per hop (cumulative and new) and against epoch.
 
     Example: invprop propagate stats --tag final --json

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
-from rich.progress import track
 
 from invprop.data.sources import (
     SPLIT_SEED,
@@ -34,16 +32,16 @@ from invprop.data.sources import (
     SourceFile,
     SourceOptions,
     register,
-    say,
 )
 from invprop.errors import InvpropError
+from invprop.logs import get_logger, track
 from invprop.sampling import stratified_split
 
+LOG = get_logger("prepare")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 FULL_CHECK_MAX_FILES = 20_000
-PROGRESS_MIN_FILES = 2_000
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
 LAYOUT = "class sub-folders of images, a flat folder of images, or train/ + val/ folders"
 
@@ -116,19 +114,13 @@ def check_images(root: Path, files: list[str]) -> tuple[SourceFile, int]:
     """
     full = len(files) <= FULL_CHECK_MAX_FILES
     how = "decoding" if full else "verifying headers of"
-    say(f"prepare imagefolder: {how} {len(files)} images in {root}")
+    LOG.info(f"prepare imagefolder: {how} {len(files)} images in {root}")
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(lambda f: _check_one(root / f, full), files)
-        progress = track(
-            checks,
-            total=len(files),
-            description="checking images",
-            console=Console(stderr=True),
-            disable=len(files) < PROGRESS_MIN_FILES,
-            transient=True,
+        results = list(
+            track(checks, "checking images", len(files), "images", lambda _: 1, logger=LOG)
         )
-        results = list(progress)
     digest = hashlib.sha256()
     for rel, (_, sha, size) in sorted(zip(files, results, strict=True)):
         digest.update(f"{rel}\t{sha if full else size}\n".encode())

@@ -14,7 +14,6 @@ imports numpy only.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from invprop.config import DATASET_NAMES
 from invprop.errors import InvpropError
+from invprop.logs import get_logger
 
 if TYPE_CHECKING:
     from invprop.config import Config
@@ -32,6 +32,7 @@ Format = Literal["arrays", "files"]
 
 # Where readers look (and torchvision downloads to) when no root is configured and the
 # dataset has no system-wide default location. Relative to the working directory (the repo).
+LOG = get_logger("prepare")
 RAW_DIR = Path("data/raw")
 
 # Datasets without an official train/test split get a fixed, seeded one: the test set is
@@ -194,11 +195,6 @@ def get_source(name: str) -> DatasetSource:
 # Shared helpers for readers
 
 
-def say(message: str) -> None:
-    """Progress for people, on stderr so stdout stays clean for `--json` output."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def locate(
     opts: SourceOptions,
     layout: str,
@@ -225,7 +221,7 @@ def locate(
     found = search()
     if found is None and opts.download and download is not None:
         target = opts.download_root
-        say(f"prepare {opts.name}: downloading to {target} (data.download is true)")
+        LOG.info(f"prepare {opts.name}: downloading to {target} (data.download is true)")
         try:
             download(target)
         except Exception as exc:  # network errors come in many types

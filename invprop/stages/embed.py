@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 
 from invprop.config import Config
-from invprop.inference import embed_checkpoint, log, resolve_device
+from invprop.inference import embed_checkpoint, resolve_device
+from invprop.logs import get_logger
 from invprop.workspace import (
     checkpoint_for_tag,
     embeddings_dir,
@@ -20,6 +21,7 @@ from invprop.workspace import (
     write_stage_report,
 )
 
+LOG = get_logger("embed")
 __all__ = ["run"]
 
 
@@ -47,7 +49,7 @@ def run(cfg: Config, *tags: str) -> None:
                 "images_per_second": round(images / max(seconds, 1e-9), 1),
             },
         )
-        log(
+        LOG.info(
             f"{tag}: {images} images -> {embeddings_dir(tag)} "
             f"({meta['dims']['features']}-d features, {meta['dims']['embeddings']}-d "
             f"embeddings, {seconds:.1f} s)"

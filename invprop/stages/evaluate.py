@@ -28,7 +28,6 @@ for protocol sgd_augmented).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from invprop.inference import check_compatible, extract, resolve_device
 from invprop.io import file_sha256
 from invprop.knn_classifier import knn_metrics
 from invprop.linear import lbfgs_probe, linear_metrics, sgd_augmented_probe
+from invprop.logs import get_logger
 from invprop.workspace import (
     INSTANCE_DISCRIMINATION_EMBEDDINGS,
     INSTANCE_DISCRIMINATION_OFF,
@@ -61,6 +61,7 @@ from invprop.workspace import (
     write_stage_report,
 )
 
+LOG = get_logger("evaluate")
 __all__ = [
     "PIXEL_BUDGET_BYTES",
     "evaluate",
@@ -71,10 +72,6 @@ __all__ = [
 
 # The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
 PIXEL_BUDGET_BYTES = 4 << 30
-
-
-def log(message: str) -> None:
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,7 +129,7 @@ def representation_metrics(
         result = sgd_augmented_probe(encoder_source(), prepared, cfg, device)
     else:
         if cfg.evaluate.linear.protocol == "sgd_augmented":
-            log(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
+            LOG.info(f"{name}: no checkpoint to train an augmented linear layer on; using L-BFGS")
         result = lbfgs_probe(
             _tensor(embeddings["train_features"]),
             train_y,
@@ -180,7 +177,9 @@ def pixel_metrics(prepared: Any, cfg: Config, device: torch.device) -> dict[str,
     )
     result = lbfgs_probe(train_x, train_y, test_x, test_y, cfg, num_classes, device)
     if cfg.evaluate.linear.protocol != "lbfgs":
-        log("pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)")
+        LOG.info(
+            "pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)"
+        )
     return out | linear_metrics("pixels/linear", result)
 
 
@@ -294,7 +293,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         instance = (id_embeddings, id_bank, id_state)
 
     metrics: dict[str, Any] = {"invp/epoch": int(state["epoch"])}
-    log(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
+    LOG.info(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
     metrics |= representation_metrics(
         "invp",
         invp,
@@ -305,7 +304,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         device,
     )
     if instance is not None:
-        log("instance_discrimination baseline")
+        LOG.info("instance_discrimination baseline")
         embeddings, id_bank, id_state = instance
         source = None
         if id_state is not None:
@@ -316,12 +315,12 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     else:
         metrics["instance_discrimination/status"] = INSTANCE_DISCRIMINATION_OFF
     if baselines.pixels:
-        log("pixels baseline")
+        LOG.info("pixels baseline")
         metrics |= pixel_metrics(prepared, cfg, device)
     else:
         metrics["pixels/status"] = "not run (evaluate.baselines.pixels is off)"
     if baselines.random_init:
-        log("random-init baseline")
+        LOG.info("random-init baseline")
         metrics |= random_init_metrics(prepared, cfg, device, checkpoint_config(state))
     else:
         metrics["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
@@ -348,4 +347,4 @@ def run(cfg: Config) -> None:
             "invp/linear/top1",
         )
     ]
-    log(f"{' '.join(headline)} -> {path} ({metrics['evaluate/seconds']:.1f} s)")
+    LOG.info(f"{' '.join(headline)} -> {path} ({metrics['evaluate/seconds']:.1f} s)")

@@ -16,7 +16,6 @@ averaged over the anchors that have a label (unlabelled neighbours count as othe
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -24,9 +23,11 @@ import numpy as np
 
 from invprop.config import Config
 from invprop.errors import InvpropError
+from invprop.logs import get_logger
 from invprop.neighbour_search import knn_graph
 from invprop.workspace import embeddings_dir, load_embeddings, save_graph, write_stage_report
 
+LOG = get_logger("graph")
 __all__ = [
     "chance_purity",
     "gini",
@@ -41,10 +42,6 @@ HUBS = 10
 
 
 RUN_KEYS = ("device", "search_seconds", "seconds")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,7 +142,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
             "lower graph.k"
         )
     dim = emb.train_vectors.shape[1]
-    log(f"graph {tag}: {emb.n} x {dim} embeddings, k={g.k}, {g.backend}/{g.index}")
+    LOG.info(f"graph {tag}: {emb.n} x {dim} embeddings, k={g.k}, {g.backend}/{g.index}")
     options: dict[str, Any] = {"seed": cfg.seed}
     if g.index == "ivf":
         options |= {"nlist": g.ivf_nlist, "nprobe": g.ivf_nprobe}
@@ -182,7 +179,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     )
     headline = headline_figures(stats, cfg.propagate.k)
     write_stage_report(f"graph_{tag}", headline)
-    log(
+    LOG.info(
         f"graph {tag}: purity@1 {_fmt(headline['purity_at_1'])}, "
         f"purity@{g.k} {_fmt(headline['purity_at_k'])}, "
         f"recall {_fmt(built.recall)}, {built.seconds:.1f} s search"

@@ -24,11 +24,11 @@ earlier trained model and its curves are left in place.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from invprop.config import Config
 from invprop.distributed import Ranks, relaunched
 from invprop.inference import embed_checkpoint
+from invprop.logs import get_logger
 from invprop.training import train
 from invprop.workspace import (
     INSTANCE_DISCRIMINATION,
@@ -40,11 +40,8 @@ from invprop.workspace import (
     write_stage_report,
 )
 
+LOG = get_logger("instance_discrimination")
 __all__ = ["instance_config", "run"]
-
-
-def log(message: str) -> None:
-    print(f"[instance_discrimination] {message}", file=sys.stderr, flush=True)
 
 
 def instance_config(cfg: Config) -> Config:
@@ -59,7 +56,7 @@ def run(cfg: Config) -> None:
         INSTANCE_DISCRIMINATION.metrics.mkdir(parents=True, exist_ok=True)
         save_status(INSTANCE_DISCRIMINATION_EMBEDDINGS, INSTANCE_DISCRIMINATION_OFF)
         write_stage_report("instance_discrimination", {"status": INSTANCE_DISCRIMINATION_OFF})
-        log(f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/")
+        LOG.info(f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/")
         return
 
     if relaunched("instance_discrimination", cfg):
@@ -79,7 +76,7 @@ def run(cfg: Config) -> None:
         "instance_discrimination",
         summary | {"embeddings": str(INSTANCE_DISCRIMINATION_EMBEDDINGS), "dims": meta["dims"]},
     )
-    log(
+    LOG.info(
         f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> "
         f"{INSTANCE_DISCRIMINATION_EMBEDDINGS}"
     )

@@ -30,13 +30,14 @@ from invprop.data.sources import (
     SourceFile,
     SourceOptions,
     get_source,
-    say,
 )
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, ensure_free_space, file_sha256, write_json
+from invprop.logs import get_logger
 from invprop.sampling import stratified_subset
 from invprop.workspace import META_FILE, prepared_dir, stage_report
 
+LOG = get_logger("prepare")
 # "files" datasets: how many train images are decoded to estimate the channel mean/std.
 STATS_SAMPLE = 1000
 
@@ -63,7 +64,7 @@ def prepare(
     report = Path(report) if report is not None else stage_report(f"prepare_{name}")
     opts = SourceOptions.from_config(cfg, name)
     where = opts.root or source.default_root
-    say(f"prepare {name}: " + (f"reading {where}" if where else "building"))
+    LOG.info(f"prepare {name}: " + (f"reading {where}" if where else "building"))
     raw = source.read(opts)
 
     # Subsets are for quick runs of the main dataset; transfer targets are used whole.
@@ -148,7 +149,7 @@ def prepare(
         },
     )
     counts = meta["counts"]
-    say(
+    LOG.info(
         f"prepare {name}: {counts['train']} train / {counts['test']} test images, "
         f"{len(raw.classes)} classes, shape {shape}, {size_bytes / 1e6:.1f} MB -> {out} "
         f"({seconds:.1f} s)"

@@ -21,7 +21,6 @@ pretrain snapshot, walking the bank's own neighbour table with the bank's vector
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from invprop.checkpoint import load_checkpoint
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.io import file_sha256
+from invprop.logs import get_logger
 from invprop.positive_sets import (
     bank_tables,
     last_hop_summary,
@@ -49,11 +49,8 @@ from invprop.workspace import (
     write_stage_report,
 )
 
+LOG = get_logger("propagate")
 __all__ = ["epoch_stats", "run"]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
@@ -95,7 +92,7 @@ def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
                 **summary,
             }
         )
-        log(
+        LOG.info(
             f"propagate: {tag} (epoch {state.get('epoch')}): coverage {rows[-1]['coverage']:.3f}, "
             f"purity all {_fmt(summary['purity']['all'])} hard {_fmt(summary['purity']['hard'])}"
         )
@@ -121,7 +118,9 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
             f"propagate.k = {p.k} but artifacts/graph/{tag} has only k = {width} neighbours "
             "per node; rerun the graph stage with graph.k >= propagate.k"
         )
-    log(f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}")
+    LOG.info(
+        f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}"
+    )
     stats, csr = propagation_stats(
         graph["ids"][:, : p.k], emb.train_vectors, emb.train_labels, p.hops, p.n_pos, collect=True
     )
@@ -163,7 +162,7 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     }
     write_stage_report(f"propagate_{tag}", report)
     last = report["purity"]
-    log(
+    LOG.info(
         f"propagate {tag}: purity within {p.hops} hops: all {_fmt(last['all'])}, "
         f"hard {_fmt(last['hard'])}, easy {_fmt(last['easy'])} in {stats['seconds']:.1f} s"
     )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +46,17 @@ from threadpoolctl import threadpool_limits
 
 from invprop.config import Config
 from invprop.errors import InvpropError
+from invprop.explorer import write_explorer
 from invprop.io import atomic_dir, atomic_file, read_json
+from invprop.logs import get_logger
 from invprop.neighbourhood import draw_grid, inspect_anchor
 from invprop.workspace import (
     EMBEDDINGS_FILE,
+    EXPLORER_DIR,
     FIGURES_DIR,
     GRAPH_FILE,
     META_FILE,
+    PLOTS_DIR,
     PRETRAIN,
     REPORT_MD,
     REPORTS_DIR,
@@ -73,6 +76,7 @@ from invprop.workspace import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+LOG = get_logger("report")
 __all__ = [
     "Table",
     "build_report",
@@ -102,10 +106,6 @@ DPI = 110
 # No "Software" tag (it names the matplotlib version): PNG bytes depend on pixels only.
 PNG_METADATA: dict[str, Any] = {"Software": None}
 GRID_SHOW = 8
-
-
-def log(message: str) -> None:
-    print(f"[report] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -541,6 +541,45 @@ def plot_purity_epoch(epochs: list[dict[str, Any]], hops: int, out: Path) -> Non
     _save(fig, out)
 
 
+def _tsv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    lines = ["\t".join(header), *("\t".join(cell(v) for v in row) for row in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_data(stats: dict[str, Any]) -> dict[str, str]:
+    """The purity figures as TSV files for `dvc plots` (dvc.yaml's top-level plots):
+    purity_hop.tsv (per hop, cumulative all / hard / easy and new; sizes) and
+    purity_epoch.tsv (last-hop purity and table coverage per checkpoint). Empty cells:
+    no labelled anchor had a positive."""
+    per_hop = [
+        (
+            row["hop"],
+            row["cumulative"]["purity"],
+            row["cumulative"]["hard_purity"],
+            row["cumulative"]["easy_purity"],
+            row["new"]["purity"],
+            row["cumulative"]["size"],
+            row["new"]["size"],
+        )
+        for row in stats["per_hop"]
+    ]
+    files = {
+        "purity_hop.tsv": _tsv(["hop", "all", "hard", "easy", "new", "size", "new_size"], per_hop)
+    }
+    epochs = sorted(stats.get("epochs") or [], key=lambda row: row["epoch"])
+    files["purity_epoch.tsv"] = _tsv(
+        ["epoch", "all", "hard", "easy", "coverage"],
+        (
+            (row["epoch"], *(row["purity"][kind] for kind in _KIND_STYLE), row["coverage"])
+            for row in epochs
+        ),
+    )
+    return files
+
+
 def plot_map(
     points: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str, out: Path
 ) -> None:
@@ -716,6 +755,9 @@ def _check_inputs(cfg: Config) -> dict[str, Path]:
     }
     for name in ("loss", "lr"):
         _require(PRETRAIN.metrics / f"{name}.tsv", "pretrain")
+    for tag in cfg.embed.tags:  # the explorer page shows every tag
+        _require(embeddings_dir(tag) / EMBEDDINGS_FILE, f"embed@{tag}")
+        _require(graph_dir(tag) / GRAPH_FILE, f"graph@{tag}")
     return paths
 
 
@@ -746,7 +788,7 @@ def build_report(cfg: Config, folder: Path) -> str:
     for table in tables:
         md += [table.markdown(), ""]
 
-    log("training curves")
+    LOG.info("training curves")
     md += ["## Training", ""]
     plot_training_curves(curves, folder / "training_curves.png")
     md += _figure_line(
@@ -777,7 +819,7 @@ def build_report(cfg: Config, folder: Path) -> str:
             "",
         ]
 
-    log("propagation purity")
+    LOG.info("propagation purity")
     md += ["## Propagated positives", ""]
     md += _propagation_tables(stats, graph_report)
     plot_purity_hop(stats, folder / "purity_hop.png")
@@ -805,11 +847,13 @@ def build_report(cfg: Config, folder: Path) -> str:
             "",
         ]
 
-    log(f"{cfg.report.anchors} neighbour grids")
+    LOG.info(f"{cfg.report.anchors} neighbour grids")
     md += ["## Neighbours and positives of a few images", ""]
     md += _neighbour_grids(cfg, embeddings["train_labels"], folder)
 
-    log(f"embedding maps of {min(cfg.report.map_points, len(embeddings['test_labels']))} points")
+    LOG.info(
+        f"embedding maps of {min(cfg.report.map_points, len(embeddings['test_labels']))} points"
+    )
     md += ["## Map of the test embeddings", ""]
     md += _embedding_maps(
         embeddings["test_embeddings"], embeddings["test_labels"], classes, cfg, folder
@@ -823,6 +867,17 @@ def run(cfg: Config) -> None:
     with atomic_dir(FIGURES_DIR) as tmp:
         markdown = build_report(cfg, tmp)
         figures = sorted(p.name for p in tmp.glob("*.png"))
+    with atomic_dir(PLOTS_DIR) as tmp:
+        for name, text in plot_data(load_propagation_stats(TAG)).items():
+            (tmp / name).write_text(text)
+    graphs = {}
+    for tag in sorted(cfg.embed.tags, key=lambda tag: (tag != "final", tag)):
+        graph, _, emb = load_checked_graph(tag)
+        graphs[tag] = (graph, emb)
+    with atomic_dir(EXPLORER_DIR) as tmp:
+        write_explorer(cfg, tmp, prepared_dataset(cfg.data.name), graphs)
     with atomic_file(REPORT_MD) as tmp_md:
         tmp_md.write_text(markdown)
-    log(f"{REPORT_MD} with {len(figures)} figures in {FIGURES_DIR}/")
+    LOG.info(
+        f"{REPORT_MD} with {len(figures)} figures in {FIGURES_DIR}/, {EXPLORER_DIR}/index.html"
+    )

@@ -48,7 +48,6 @@ Accuracies are fractions in [0, 1]; `train_loss` is the mean loss of the last pa
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +81,7 @@ from invprop.linear import (
     sgd_augmented_probe,
     topk_accuracy,
 )
+from invprop.logs import get_logger, progress
 from invprop.sampling import balanced_subset
 from invprop.workspace import (
     PRETRAIN,
@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
     from invprop.models import Encoder
 
+LOG = get_logger("transfer")
 __all__ = [
     "FINETUNE_AUGMENT",
     "MIN_STEPS_PER_EPOCH",
@@ -137,10 +138,6 @@ SUBSET_RULE = (
     "labelled image), at least 1 and at most the smallest class's count; each class's "
     "images are a prefix of a permutation seeded by (seed, class), so subsets are nested"
 )
-
-
-def log(message: str) -> None:
-    print(f"[transfer] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,30 +244,32 @@ def finetune(
     encoder.train()
     step = passes = 0
     loss_sum = torch.zeros((), device=device)
-    while step < total:
-        passes += 1
-        order = epoch_batches(rows.size, ft.batch_size, cfg.seed, passes)[: total - step]
-        loss_sum.zero_()
-        for images, index in source.batches([rows[batch.numpy()] for batch in order]):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(ft.lr, step, total)
-            x = augment(images, index, cfg.seed, passes)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with inference_autocast(cfg, device):
-                features = encoder.features(x)
-            loss = F.cross_entropy(classifier(features.float()), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            step += 1
-        train_loss = float(loss_sum) / len(order)  # one host sync per pass
-        if not math.isfinite(train_loss):
-            raise InvpropError(
-                f"{name}: the fine-tuning loss became {train_loss} in pass {passes}; "
-                "lower transfer.finetune.lr (or use pretrain.precision fp32)"
-            )
+    with progress(f"fine-tuning {name}", total, logger=LOG) as shown:
+        while step < total:
+            passes += 1
+            order = epoch_batches(rows.size, ft.batch_size, cfg.seed, passes)[: total - step]
+            loss_sum.zero_()
+            for images, index in source.batches([rows[batch.numpy()] for batch in order]):
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(ft.lr, step, total)
+                x = augment(images, index, cfg.seed, passes)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with inference_autocast(cfg, device):
+                    features = encoder.features(x)
+                loss = F.cross_entropy(classifier(features.float()), labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                step += 1
+                shown.advance(1, len(index))
+            train_loss = float(loss_sum) / len(order)  # one host sync per pass
+            if not math.isfinite(train_loss):
+                raise InvpropError(
+                    f"{name}: the fine-tuning loss became {train_loss} in pass {passes}; "
+                    "lower transfer.finetune.lr (or use pretrain.precision fp32)"
+                )
 
     test_labels = torch.from_numpy(np.array(test.labels, dtype=np.int64)).to(device)
     counted = test_labels >= 0
@@ -279,7 +278,7 @@ def finetune(
         logits = classifier(features[counted])
     top1, top5 = topk_accuracy(logits, test_labels[counted])
     result = FinetuneResult(top1, top5, time.perf_counter() - start, total, passes, train_loss)
-    log(
+    LOG.info(
         f"{name}: fine-tuned on {rows.size} images, {total} steps ({passes} passes): "
         f"test top1 {top1:.4f} top5 {top5:.4f} ({result.seconds:.1f} s)"
     )
@@ -307,7 +306,7 @@ def linear_transfer(
         result = lbfgs_probe(
             features["train"], train_y, features["test"], test_y, cfg, num_classes, device
         )
-    log(f"{name}: linear probe ({result.protocol}) test top1 {result.top1:.4f}")
+    LOG.info(f"{name}: linear probe ({result.protocol}) test top1 {result.top1:.4f}")
     return linear_metrics(f"{name}/linear", result)
 
 
@@ -391,7 +390,7 @@ def transfer(
         networks["random_init/"] = random_init
     else:
         metrics["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
-    log(
+    LOG.info(
         f"{len(labels)} semi-supervised fractions, {len(targets)} targets, "
         f"{len(networks)} network(s) on {device}"
     )
@@ -464,4 +463,4 @@ def run(cfg: Config) -> None:
         for key, value in metrics.items()
         if key.endswith("/top1") and not key.startswith("random_init/")
     )
-    log(f"{headline} -> {report} ({metrics['transfer/seconds']:.1f} s)")
+    LOG.info(f"{headline} -> {report} ({metrics['transfer/seconds']:.1f} s)")
