@@ -47,7 +47,7 @@ rule prepare:
         directory(PREPARED),
         f"reports/prepare_{DATA}.json",
     params:
-        tracked=tracked("seed", "data"),
+        tracked=tracked("data"),
     shell:
         "python stages/prepare.py {DATA}"
 
@@ -62,7 +62,9 @@ rule prepare_target:
     wildcard_constraints:
         target=one_of(TARGETS),
     params:
-        tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
+        tracked=tracked(
+            "data.seed", "data.image_size", "data.channels", "data.download", "transfer.roots"
+        ),
     shell:
         "python stages/prepare.py {wildcards.target}"
 
@@ -197,7 +199,7 @@ rule evaluate:
     output:
         "reports/evaluate.json",
     params:
-        tracked=tracked("seed", "evaluate"),
+        tracked=tracked("seed", "data.seed", "evaluate"),
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
@@ -221,6 +223,7 @@ rule transfer:
         tracked=tracked(
             "seed",
             "data.name",
+            "data.seed",
             "data.image_size",
             "data.channels",
             "transfer",

@@ -5,7 +5,8 @@
             augment on the data's device -> encoder -> S = v @ V^T (fp32)
             L = L_ins + lambda * w(epoch) * L_inv      (OLD bank and table)
             SGD step; then refresh the table rows and the bank rows of the batch
-        kNN monitor on the bank, dvclive log, (snapshot +) last.pt written atomically
+        (table rebuilt, when pretrain.table_refresh asks), table purity, kNN monitor on the
+        bank, dvclive log, (snapshot +) last.pt written atomically
 
 Resuming: `models/pretrain/last.pt` carries everything (model, optimizer, bank, table,
 epoch, history) plus the hash of the params that shape training. A restart with the same
@@ -57,7 +58,14 @@ from invprop.embed import extract, normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
 from invprop.knn import knn_accuracy
-from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
+from invprop.method import (
+    InvPLoss,
+    MemoryBank,
+    invp_loss,
+    propagate,
+    ramp_weight,
+    table_purity,
+)
 from invprop.models import Encoder
 
 OUT_DIR = Path("models/pretrain")
@@ -180,7 +188,14 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     (losses.total * loss_scale).backward()
     optimizer.step()
-    bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum, all_gather_rows)
+    bank.update(
+        indices,
+        embeddings.detach(),
+        sim.detach(),
+        p.bank_momentum,
+        all_gather_rows,
+        refresh_table=p.table_refresh == "online",
+    )
     return InvPLoss(*(loss.detach() for loss in losses))
 
 
@@ -256,6 +271,24 @@ def monitor_knn(
         len(prepared.classes),
     )
     return result[MONITOR_K]["top1"]
+
+
+def rebuild_table(
+    encoder: Encoder,
+    bank: MemoryBank,
+    prepared: PreparedDataset,
+    cfg: Config,
+    device: torch.device,
+) -> None:
+    """The once-per-epoch table of pretrain.table_refresh: exact k-NN of the bank itself
+    ("bank"), or of clean embeddings of the train split by the current network ("clean")."""
+    if cfg.pretrain.table_refresh == "bank":
+        bank.rebuild_table()
+        return
+    _, embeddings = extract(
+        encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
+    )
+    bank.rebuild_table(torch.nn.functional.normalize(embeddings.to(device), dim=1))
 
 
 def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) -> dict[str, Any]:
@@ -360,6 +393,12 @@ def _train(
             )
             sums += torch.stack(losses) * share
         seconds = time.perf_counter() - start
+        table_seconds = 0.0
+        if p.table_refresh != "online":  # every rank: all hold the same bank
+            table_start = time.perf_counter()
+            rebuild_table(encoder, bank, prepared, cfg, device)
+            broadcast_(bank.neighbours)
+            table_seconds = time.perf_counter() - table_start
         all_reduce_sum(sums)
         means = (sums / batches_per_epoch).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
@@ -377,7 +416,12 @@ def _train(
             "lr": lr,
             "images_per_second": data.n / seconds,
             "epoch_seconds": seconds,
+            "table_seconds": table_seconds,
         }
+        # The table the next epoch propagates over; labels only measure it.
+        purity = table_purity(bank.neighbours, data.labels.to(device))
+        if purity is not None:
+            row["table_purity"] = purity
         state.history.append(row)
         if not ranks.is_main:  # the others' bank and weights equal rank 0's
             continue

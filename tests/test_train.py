@@ -126,6 +126,37 @@ def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
     assert len(loss_tsv) == 1 + 3
 
 
+@pytest.mark.parametrize("refresh", ["online", "bank", "clean"])
+def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> None:
+    from conftest import exact_table
+
+    from invprop.checkpoint import encoder_from_checkpoint
+    from invprop.data import load_prepared
+    from invprop.embed import extract
+
+    cfg = tiny_config(f"pretrain.table_refresh={refresh}", "pretrain.epochs=2")
+    train(cfg)
+    final = load_checkpoint("models/pretrain/final.pt")
+    table = final["bank"]["neighbours"]
+    prepared = load_prepared("data/prepared/synthetic")
+    labels = prepared.train.labels
+    same = (labels[table.numpy()] == labels[:, None]).mean()
+    assert final["history"][-1]["table_purity"] == pytest.approx(same)
+    for row in final["history"]:
+        assert 0 <= row["table_purity"] <= 1
+        assert (row["table_seconds"] > 0) == (refresh != "online")
+    if refresh == "online":
+        return
+    # Rebuilt after the last step, from the final bank or the final network's clean view.
+    if refresh == "bank":
+        source = final["bank"]["vectors"]
+    else:
+        encoder = encoder_from_checkpoint(final, "cpu")[0]
+        _, source = extract(encoder, prepared.train, prepared.meta, cfg, "cpu")
+        source = torch.nn.functional.normalize(source, dim=1)
+    assert table.tolist() == exact_table(source.double().numpy(), 4).tolist()
+
+
 def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Path) -> None:
     """SIGKILL the pretrain stage four times: in a seeded-random training step and inside
     the writes of the snapshot, last.pt and final.pt, each cut at a seeded-random byte.
