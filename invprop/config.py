@@ -552,18 +552,19 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
     return cfg
 
 
+def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: params by dotted key (empty mappings stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     """Keys (dotted) whose values differ between two configs, with both values."""
-
-    def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and value:
-                out.update(flatten(value, dotted + "."))
-            else:
-                out[dotted] = value
-        return out
-
-    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    fa, fb = flatten_params(a.to_dict()), flatten_params(b.to_dict())
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

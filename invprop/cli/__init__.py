@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from invprop.cli import ckpt, data, graph, knn, metrics, params
+from invprop.cli import ckpt, data, graph, knn, metrics, params, study
 from invprop.cli.common import command
 from invprop.errors import InvpropError
 
@@ -27,6 +27,7 @@ app.add_typer(graph.propagate_app, name="propagate")
 app.add_typer(graph.bank_app, name="bank")
 knn.register(app)
 metrics.register(app)
+study.register(app)
 
 
 @command(app, "stage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
