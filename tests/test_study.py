@@ -3,10 +3,15 @@ their params, mean ± std over seeds and the paired Student-t interval against s
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
+from typer.testing import CliRunner
 
+from invprop import study
+from invprop.cli import app
 from invprop.errors import InvpropError
 from invprop.study import Run, paired_difference, runs_from_show, study_table, variant_labels
 
@@ -173,3 +178,52 @@ def test_study_table_errors_name_the_fix() -> None:
         study_table([], "instance_discrimination", FIGURES)
     with pytest.raises(InvpropError, match="split 'train' is not one of"):
         study_table(runs[:1], "instance_discrimination", FIGURES, split="train")
+
+
+def show_output(runs: list[Run], queued: list[str]) -> list[dict]:
+    """`dvc exp show --json` as DVC shapes it, for `runs` finished and `queued` waiting."""
+
+    def nested(flat: dict) -> dict:
+        out: dict = {}
+        for key, value in flat.items():
+            *parents, last = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return out
+
+    def exp(name: str, params: dict, metrics: dict | None, state: str | None) -> dict:
+        data = {"params": {"params.yaml": {"data": nested(params)}}, "metrics": {}}
+        if metrics is not None:
+            data["metrics"]["reports/evaluate.json"] = {"data": metrics}
+        executor = None if state is None else {"state": state}
+        tip = {"rev": "0" * 40, "name": name, "data": data, "error": None}
+        return {"revs": [tip], "executor": executor, "name": name}
+
+    experiments = [exp(run.name, run.params, run.metrics, None) for run in runs]
+    experiments += [exp(name, {"seed": 9}, None, "queued") for name in queued]
+    return [{"rev": "0" * 7, "name": "main", "data": {}, "experiments": experiments}]
+
+
+def test_cli_prints_the_table_and_what_is_still_queued(monkeypatch) -> None:
+    runs = [make_run(f"s{s}", s, 4, 0.80 + s / 100, 0.79) for s in range(3)]
+    runs.append(make_run("long-s0", 0, 20, 0.9, 0.8))
+    monkeypatch.setattr(
+        study, "read_experiments", lambda repo, all_commits: show_output(runs, ["long-s1"])
+    )
+    runner = CliRunner()
+    table = runner.invoke(app, ["study", "--where", "pretrain.epochs=4", "--figure", FEATURES])
+    assert table.exit_code == 0, table.output
+    assert "invp" in table.output and "+2.00 (" in table.output and "baseline" in table.output
+    assert "1 experiment(s) queued: long-s1" in table.output
+    as_json = runner.invoke(app, ["study", "--json", "--where", "pretrain.epochs=4"])
+    data = json.loads(as_json.output)
+    assert data["experiments"] == ["s0", "s1", "s2"] and data["not_finished"] == {
+        "queued": ["long-s1"]
+    }
+    rows = {(r["figure"], r["variant"]): r for r in data["rows"]}
+    assert rows["kNN K=200, backbone features", "invp"]["mean"] == pytest.approx(0.81)
+    bad = runner.invoke(app, ["study", "--where", "pretrain.epochs=7"])
+    assert bad.exit_code == 2
+    assert "error: --where pretrain.epochs=7: no finished experiment has" in bad.output
