@@ -217,6 +217,14 @@ def test_cli_prints_the_table_and_what_is_still_queued(monkeypatch) -> None:
     assert table.exit_code == 0, table.output
     assert "invp" in table.output and "+2.00 (" in table.output and "baseline" in table.output
     assert "1 experiment(s) queued: long-s1" in table.output
+    md = runner.invoke(app, ["study", "--markdown", "--where", "pretrain.epochs=4"])
+    lines = md.output.splitlines()
+    assert "| kNN K=200, backbone features | invp | 3 | 81.00 ± 1.00 | +2.00 (" in md.output
+    assert lines[2] == "| figure | variant | seeds | mean ± std (%) | difference (95% interval) |"
+    assert (
+        "| kNN K=200, backbone features | instance_discrimination | 3 | 79.00 ± 0.00 | baseline |"
+        in lines
+    )
     as_json = runner.invoke(app, ["study", "--json", "--where", "pretrain.epochs=4"])
     data = json.loads(as_json.output)
     assert data["experiments"] == ["s0", "s1", "s2"] and data["not_finished"] == {

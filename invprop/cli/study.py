@@ -50,6 +50,9 @@ def study(
     all_commits: bool = typer.Option(
         False, "--all-commits", help="Experiments of every commit, not only of HEAD."
     ),
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Print the table as Markdown (for docs/results.md)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Aggregate a seed study's DVC experiments: mean ± std per variant, and the paired
@@ -94,11 +97,14 @@ def study(
         table_rows.append(
             (row.figure, row.variant, len(row.seeds), f"{100 * row.mean:.2f}{std}", difference)
         )
-    print_table(
-        f"study ({split}): {len(runs)} experiments, paired by seed against {baseline}",
-        ["figure", "variant", "seeds", "mean ± std (%)", "difference (95% interval)"],
-        table_rows,
-    )
+    title = f"study ({split}): {len(runs)} experiments, paired by seed against {baseline}"
+    columns = ["figure", "variant", "seeds", "mean ± std (%)", "difference (95% interval)"]
+    if markdown:
+        typer.echo(f"{title}\n")
+        for cells in (columns, ["---"] * len(columns), *table_rows):
+            typer.echo("| " + " | ".join(str(cell) for cell in cells) + " |")
+    else:
+        print_table(title, columns, table_rows)
     for state, names in sorted(pending.items()):
         typer.echo(f"  {len(names)} experiment(s) {state}: {', '.join(sorted(names))}")
 
