@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from invprop.bounds import max_positives
 from invprop.errors import InvpropError
 
 DATASET_NAMES = (
@@ -36,12 +37,23 @@ DATASET_NAMES = (
 )
 
 
-def max_positives(k: int, hops: int) -> int:
-    """The largest possible propagated positive set: k + k^2 + ... + k^hops (the width C of a
-    Propagation; a params error above it)."""
-    if k < 1 or hops < 1:
-        raise ValueError(f"need k >= 1 and hops >= 1, got k={k}, hops={hops}")
-    return sum(k**hop for hop in range(1, hops + 1))
+# Keys renamed so that one name means one thing (evaluate.knn_k is the classifier's k list;
+# propagate is a stage): the old name gets a one-line error that names the new one.
+RENAMED_KEYS = {
+    "pretrain.knn_k": "pretrain.k",
+    "pretrain.propagation": "pretrain.propagator",
+}
+
+
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping written before RENAMED_KEYS (a checkpoint's stored config) with its
+    keys under their current names; other mappings come back as they are."""
+    out = json.loads(json.dumps(data))
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (_, new_name) = old.split("."), new.split(".")
+        if name in out.get(section, {}):
+            out[section][new_name] = out[section].pop(name)
+    return out
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -112,19 +124,21 @@ class PretrainConfig:
     # bank itself ("bank") or of clean, un-augmented embeddings of the train split ("clean").
     table_refresh: Literal["online", "bank", "clean"] = "online"
     invp: bool = True
-    knn_k: int = _f(4, ge=1)
+    # Neighbours per row of the memory bank's k-NN table (propagation walks them).
+    k: int = _f(4, ge=1)
     hops: int = _f(3, ge=1)
     n_pos: int = _f(20, ge=1)
     n_background: int = _f(4096, ge=1)
     positives: Literal["hard", "easy"] = "hard"
-    propagation: Literal["exact", "concat"] = "exact"
+    # How positives are propagated: exact BFS (the paper) or concat (the authors' code).
+    propagator: Literal["exact", "concat"] = "exact"
     background: Literal["code", "paper"] = "paper"
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
-    snapshot_epochs: list[int] = _f([], ge=1)
+    snapshot_epochs: list[int] = _f([2], ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = _f(None, ge=1)
     num_workers: int = _f(0, ge=0)
@@ -136,7 +150,7 @@ class PretrainConfig:
 class EmbedConfig:
     batch_size: int = _f(512, ge=1)
     # "final" and/or "epoch_NNNN" for snapshots listed in pretrain.snapshot_epochs.
-    tags: list[str] = _f(["final"])
+    tags: list[str] = _f(["final", "epoch_0002"])
 
 
 @dataclass(frozen=True)
@@ -161,9 +175,9 @@ class PropagateConfig:
 class LinearConfig:
     protocol: Literal["lbfgs", "sgd_augmented"] = "lbfgs"
     # Inverse-regularisation grid searched on a held-out part of the train split.
-    c_grid: list[float] = _f([0.01, 0.1, 1.0], gt=0)
+    c_grid: list[float] = _f([0.1, 1.0], gt=0)
     val_fraction: float = _f(0.1, gt=0, lt=1)
-    max_iter: int = _f(200, ge=1)
+    max_iter: int = _f(100, ge=1)
     # Only for protocol sgd_augmented (the authors' linear evaluation).
     epochs: int = _f(100, ge=1)
     lr: float = _f(30.0, gt=0)
@@ -191,7 +205,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = _f(5, ge=1)
-    lr: float = _f(0.05, gt=0)
+    lr: float = _f(0.2, gt=0)
     batch_size: int = _f(128, ge=1)
     weight_decay: float = _f(5e-4, ge=0)
 
@@ -359,6 +373,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        for name in unknown:
+            if f"{where}{name}" in RENAMED_KEYS:
+                raise InvpropError(
+                    f"params: {where}{name} was renamed to {RENAMED_KEYS[where + name]}; "
+                    "rename the key in your params file or preset"
+                )
         raise InvpropError(
             f"params: unknown key {where}{unknown[0]}; allowed keys here: "
             + ", ".join(f"{where}{name}" for name in fields)
@@ -405,12 +425,12 @@ def _validate(cfg: Config) -> None:
     }.items():
         need(0 < low <= high, f"{name} = [{low}, {high}] must satisfy 0 < low <= high")
     need(cfg.augment.crop_scale[1] <= 1, "augment.crop_scale upper bound must be <= 1")
-    largest = max_positives(p.knn_k, p.hops)
+    largest = max_positives(p.k, p.hops)
     need(
         p.n_pos <= largest,
         f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set "
-        f"k + k^2 + ... + k^hops = {largest} (knn_k={p.knn_k}, hops={p.hops}); "
-        "lower pretrain.n_pos or raise pretrain.knn_k / pretrain.hops",
+        f"k + k^2 + ... + k^hops = {largest} (k={p.k}, hops={p.hops}); "
+        "lower pretrain.n_pos or raise pretrain.k / pretrain.hops",
     )
     largest = max_positives(cfg.propagate.k, cfg.propagate.hops)
     need(
@@ -447,6 +467,56 @@ def _validate(cfg: Config) -> None:
     need(len(set(cfg.embed.tags)) == len(cfg.embed.tags), "embed.tags has duplicates")
 
 
+def _takes_strings(tp: Any) -> bool:
+    """Whether a value of type `tp` may be a string, so a string given for it stays one."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(arg, str) for arg in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return any(_takes_strings(arg) for arg in typing.get_args(tp))
+    return tp is str
+
+
+def _restore(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return restore_types(value, tp)
+    if isinstance(value, str) and not _takes_strings(tp):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # validation then names the key and what it expects
+    if isinstance(value, list) and typing.get_origin(tp) in (list, tuple):
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple:
+            return [_restore(arg, item) for arg, item in zip(args, value, strict=False)]
+        return [_restore(args[0], item) for item in value]
+    return value
+
+
+def restore_types(data: dict[str, Any], cls: type = Config) -> dict[str, Any]:
+    """`data` with each string that stands for a non-string value read as YAML.
+
+    Snakemake's `--config` reads nested values as strings (`pretrain={epochs: 8}` gives
+    epochs '8'); typed again here, they reach the stages as Snakemake records them.
+    Unknown keys pass through, for validation to name.
+    """
+    hints = typing.get_type_hints(cls)
+    return {key: _restore(hints[key], v) if key in hints else v for key, v in data.items()}
+
+
+def save_params(cfg: Config, path: str | Path) -> Path:
+    """Write `cfg` as a complete params file, atomically; left untouched when it already
+    holds exactly this (so its time stamp moves only when the params do)."""
+    from invprop.io import atomic_file
+
+    path = Path(path)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if not (path.is_file() and path.read_text() == text):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and YAML-parsed value."""
     key, sep, raw = text.partition("=")
@@ -471,14 +541,20 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `overlay` merged in: mappings merge key by key, other values replace."""
-    merged = dict(base)
+def merge_in_place(node: Any, overlay: dict[str, Any]) -> None:
+    """Merge `overlay` into the mapping `node`: non-empty mappings merge key by key; any
+    other value, an empty mapping included, replaces what was there."""
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict) and value and isinstance(node.get(key), dict):
+            merge_in_place(node[key], value)
         else:
-            merged[key] = value
+            node[key] = value
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `overlay` merged in (see merge_in_place)."""
+    merged = json.loads(json.dumps(base))
+    merge_in_place(merged, json.loads(json.dumps(overlay)))
     return merged
 
 
@@ -515,12 +591,28 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Sequence[str
     return config_from_dict(read_yaml_mapping(path, "params file"), overrides)
 
 
-def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
+@dataclass(frozen=True)
+class PresetApplied:
+    """What `apply_preset` did: the new config, the values it changed (old, new), and the
+    values it left as they were although they differ from the defaults (earlier changes,
+    e.g. another preset's keys that this one does not set)."""
+
+    config: Config
+    changed: dict[str, tuple[Any, Any]]
+    kept: dict[str, tuple[Any, Any]]
+
+
+def apply_preset(
+    params_path: str | Path, preset_path: str | Path, fresh: bool = False
+) -> PresetApplied:
     """Merge a preset (a partial params file) into `params_path`, keeping its comments.
 
-    The merged result is validated before the file is rewritten (atomically), so a bad
-    preset never leaves a broken params.yaml behind.
+    `fresh`: reset every value to its default first, so the result is exactly the defaults
+    plus the preset, whatever earlier changes params.yaml held. The merged result is
+    validated before the file is rewritten (atomically), so a bad preset never leaves a
+    broken params.yaml behind.
     """
+    # Only `params apply` needs these: kept out of `invprop --help`, which imports config
     from ruamel.yaml import YAML
 
     from invprop.io import atomic_file
@@ -528,7 +620,9 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
     params_path = Path(params_path)
     preset = read_yaml_mapping(preset_path, "preset")
     base = read_yaml_mapping(params_path, "params file") if params_path.exists() else {}
-    cfg = config_from_dict(deep_merge(base, preset))
+    before = config_from_dict(base)
+    start = Config().to_dict() if fresh else base
+    cfg = config_from_dict(deep_merge(start, preset))
 
     rt = YAML()
     rt.preserve_quotes = True
@@ -537,28 +631,29 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
     if document is None:
         document = {}
 
-    def merge_into(node: Any, overlay: dict[str, Any]) -> None:
-        for key, value in overlay.items():
-            if isinstance(value, dict) and isinstance(node.get(key), dict):
-                merge_into(node[key], value)
-            else:
-                node[key] = value
-
-    merge_into(document, preset)
+    if fresh:
+        merge_in_place(document, Config().to_dict())
+    merge_in_place(document, preset)
     buffer = io.StringIO()
     rt.dump(document, buffer)
     with atomic_file(params_path) as tmp:
         tmp.write_text(buffer.getvalue())
-    return cfg
+    set_by_preset = set(flat_keys(preset))
+    kept = {
+        key: values
+        for key, values in config_diff(Config(), cfg).items()
+        if key not in set_by_preset and not any(key.startswith(k + ".") for k in set_by_preset)
+    }
+    return PresetApplied(cfg, config_diff(before, cfg), kept)
 
 
-def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: params by dotted key (empty mappings stay values)."""
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested params mapping as {dotted key: leaf value} (an empty mapping is a leaf)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            out.update(flatten_params(value, dotted + "."))
+            out.update(flat_keys(value, dotted + "."))
         else:
             out[dotted] = value
     return out
@@ -566,5 +661,5 @@ def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     """Keys (dotted) whose values differ between two configs, with both values."""
-    fa, fb = flatten_params(a.to_dict()), flatten_params(b.to_dict())
+    fa, fb = flat_keys(a.to_dict()), flat_keys(b.to_dict())
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

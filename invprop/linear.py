@@ -29,6 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invprop.augment import AugmentConfig, BatchAugment
+from invprop.data import as_tensor, convert_channels, decode_batches
+from invprop.inference import extract, inference_autocast, normalisation
+from invprop.sampling import holdout_split
+
 if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.models import Encoder
@@ -36,10 +41,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LinearProbeResult",
     "fit_logistic",
+    "lbfgs_probe",
+    "linear_metrics",
     "linear_probe",
     "sgd_augmented_probe",
     "standardise",
-    "stratified_split",
     "topk_accuracy",
 ]
 
@@ -57,30 +63,6 @@ class LinearProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded class-stratified split of row indices into (fit, val), both sorted.
-
-    Each class sends round(val_fraction * n_c) of its rows to val, but always keeps at
-    least one row for fitting (a class with a single row stays entirely in fit).
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        n_val = min(round(val_fraction * rows.size), rows.size - 1)
-        if n_val > 0:
-            val.append(rng.permutation(rows)[:n_val])
-    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
-    fit_mask = np.ones(labels.size, dtype=bool)
-    fit_mask[val_idx] = False
-    return np.flatnonzero(fit_mask), val_idx
 
 
 def standardise(fit: Tensor, *others: Tensor, eps: float = 1e-6) -> list[Tensor]:
@@ -184,7 +166,7 @@ def linear_probe(
 
     val_top1: dict[str, float] = {}
     if len(grid) > 1:
-        fit_idx, val_idx = stratified_split(train_y.cpu().numpy(), val_fraction, seed)
+        fit_idx, val_idx = holdout_split(train_y.cpu().numpy(), val_fraction, seed)
         if val_idx.size == 0:
             raise ValueError(
                 f"val_fraction = {val_fraction} leaves no held-out rows among "
@@ -212,6 +194,46 @@ def linear_probe(
     )
 
 
+def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
+    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen)."""
+    out: dict[str, Any] = {
+        f"{prefix}/top1": result.top1,
+        f"{prefix}/top5": result.top5,
+        f"{prefix}/seconds": round(result.seconds, 3),
+        f"{prefix}/protocol": result.protocol,
+    }
+    if result.c is not None:
+        out[f"{prefix}/c"] = result.c
+    return out
+
+
+def lbfgs_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+) -> LinearProbeResult:
+    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
+    left out of the accuracy."""
+    lin = cfg.evaluate.linear
+    counted = test_y >= 0
+    return linear_probe(
+        train_x,
+        train_y,
+        test_x[counted],
+        test_y[counted],
+        num_classes,
+        lin.c_grid,
+        lin.val_fraction,
+        lin.max_iter,
+        cfg.data.seed,
+        device,
+    )
+
+
 def _linear_eval_augment(cfg: Config, height: int) -> Any:
     """The authors' linear-evaluation augmentation for this image size.
 
@@ -220,8 +242,6 @@ def _linear_eval_augment(cfg: Config, height: int) -> Any:
     0.2, ColorJitter 0.4 x 4, flip) and @a290ae12d6e0ced62c19f0bbc395ded8e5e308df,
     datasets/cifar.py `get_linear_dataloader` (small images: horizontal flip only).
     """
-    from invprop.augment import AugmentConfig
-
     if height <= 64:
         return AugmentConfig(
             crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0
@@ -245,8 +265,6 @@ class ImageSource:
     """
 
     def __init__(self, split: Any, channels: int, device: torch.device, num_workers: int):
-        from invprop.data import as_tensor, convert_channels
-
         self.split, self.channels, self.device = split, channels, device
         self.num_workers = num_workers
         self.images = None
@@ -260,8 +278,6 @@ class ImageSource:
                 index = torch.from_numpy(batch).to(self.device)
                 yield self.images[index], index
             return
-        from invprop.data import decode_batches
-
         yield from decode_batches(self.split, self.channels, batches, self.device, self.num_workers)
 
 
@@ -284,9 +300,6 @@ def sgd_augmented_probe(
     Unlabeled train images (label -1) are skipped. Seeded: batch order and augmentation
     are functions of (cfg.seed, epoch), the classifier starts at zero.
     """
-    from invprop.augment import BatchAugment
-    from invprop.embed import extract, inference_autocast, normalisation
-
     start = time.perf_counter()
     lin = cfg.evaluate.linear
     dev = _device(device)

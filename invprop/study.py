@@ -35,12 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from invprop.config import flatten_params
+from invprop.config import flat_keys
 from invprop.errors import InvpropError
 
 __all__ = [
     "DEFAULT_FIGURES",
-    "EVALUATE_REPORT",
     "PairedDifference",
     "Run",
     "Summary",
@@ -51,7 +50,6 @@ __all__ = [
     "variant_labels",
 ]
 
-EVALUATE_REPORT = "reports/evaluate.json"
 # Keys that choose what evaluate scores, never what a run computes: left out of variants.
 NOT_A_VARIANT = ("seed", "evaluate.baselines.")
 # The figures a study shows by default: label -> key under a representation's prefix.
@@ -116,10 +114,12 @@ class Summary:
 # Reading DVC's experiments
 
 
-def runs_from_show(shown: list[dict[str, Any]]) -> tuple[list[Run], dict[str, list[str]]]:
+def runs_from_show(
+    shown: list[dict[str, Any]], report: str
+) -> tuple[list[Run], dict[str, list[str]]]:
     """Finished experiments of `dvc exp show --json` output, and the names of the others
     by state (queued, running, failed; "no evaluate report" for a finished one without
-    reports/evaluate.json)."""
+    the evaluate report, whose repo-relative path `report` keys DVC's metrics)."""
     runs: list[Run] = []
     pending: dict[str, list[str]] = defaultdict(list)
     for commit in shown:
@@ -133,11 +133,11 @@ def runs_from_show(shown: list[dict[str, Any]]) -> tuple[list[Run], dict[str, li
                 continue
             data = tip.get("data") or {}
             params = data.get("params", {}).get("params.yaml", {}).get("data")
-            metrics = data.get("metrics", {}).get(EVALUATE_REPORT, {}).get("data")
+            metrics = data.get("metrics", {}).get(report, {}).get("data")
             if not params or not metrics:
                 pending["no evaluate report"].append(name)
                 continue
-            runs.append(Run(name, flatten_params(params), metrics))
+            runs.append(Run(name, flat_keys(params), metrics))
     return runs, dict(pending)
 
 

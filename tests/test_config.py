@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,14 +11,18 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from invprop.bounds import max_positives
 from invprop.config import (
+    RENAMED_KEYS,
     Config,
     apply_preset,
     config_diff,
     config_from_dict,
     deep_merge,
+    flat_keys,
     load_config,
-    max_positives,
+    restore_types,
+    save_params,
 )
 from invprop.errors import InvpropError
 
@@ -87,7 +93,7 @@ def _escape(text: str) -> str:
 def test_n_pos_bound_is_k_plus_k2_up_to_kl(k: int, hops: int, extra: int) -> None:
     largest = sum(k**h for h in range(1, hops + 1))
     assert max_positives(k, hops) == largest
-    base = [f"pretrain.knn_k={k}", f"pretrain.hops={hops}"]
+    base = [f"pretrain.k={k}", f"pretrain.hops={hops}"]
     config_from_dict({}, [*base, f"pretrain.n_pos={largest}"])
     if extra:
         with pytest.raises(InvpropError, match=r"pretrain\.n_pos"):
@@ -104,7 +110,11 @@ def test_integer_keys_reject_anything_but_positive_integers(value: object) -> No
         config_from_dict({"pretrain": {"batch_size": value}})
 
 
-@given(epochs=st.integers(1, 1000), lr=st.floats(1e-6, 10), seed=st.integers(0, 2**31))
+@given(
+    epochs=st.integers(2, 1000),  # the default snapshot is at epoch 2
+    lr=st.floats(1e-6, 10),
+    seed=st.integers(0, 2**31),
+)
 def test_overrides_round_trip_through_to_dict(epochs: int, lr: float, seed: int) -> None:
     cfg = config_from_dict({}, [f"pretrain.epochs={epochs}", f"pretrain.lr={lr!r}", f"seed={seed}"])
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -116,7 +126,7 @@ def test_apply_preset_merges_validates_and_keeps_comments(tmp_path: Path) -> Non
     params.write_text("# top comment\npretrain:\n  epochs: 3  # short\n  lr: 0.1\n")
     preset = tmp_path / "preset.yaml"
     preset.write_text("pretrain:\n  epochs: 9\nmodel:\n  backbone: resnet18_cifar\n")
-    cfg = apply_preset(params, preset)
+    cfg = apply_preset(params, preset).config
     text = params.read_text()
     assert "# top comment" in text and "# short" in text
     assert (cfg.pretrain.epochs, cfg.pretrain.lr, cfg.model.backbone) == (9, 0.1, "resnet18_cifar")
@@ -145,3 +155,124 @@ def test_section_hash_changes_only_with_its_section() -> None:
     assert a.section_hash("data") != config_from_dict({}, ["data.image_size=32"]).section_hash(
         "data"
     )
+
+
+def test_config_imports_no_torch_and_the_method_core_no_config():
+    """config.py stays torch-free (fast `invprop --help`); the method core gets
+    max_positives from invprop.bounds, not from the params layer."""
+    code = (
+        "import sys, invprop.config; torch_by_config = 'torch' in sys.modules; "
+        "del sys.modules['invprop.config']; import invprop.method; "
+        "print(torch_by_config, 'invprop.config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_params_yaml_restates_exactly_the_defaults() -> None:
+    # Defaults live in config.py; params.yaml lists every key (DVC tracks them there) with
+    # the same values, so a preset's diff against it is the preset alone.
+    text = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert load_config(ROOT / "params.yaml") == Config()
+    assert sorted(flat_keys(text)) == sorted(flat_keys(Config().to_dict()))
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_preset_diff_shows_only_the_keys_it_sets(preset: Path) -> None:
+    set_here = flat_keys(yaml.safe_load(preset.read_text()))
+    changed = config_diff(load_config(ROOT / "params.yaml"), load_config(preset))
+    assert changed
+    assert set(changed) <= set(set_here), set(changed) - set(set_here)
+
+
+def test_stacked_presets_report_kept_values_and_fresh_resets_them(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    first = tmp_path / "first.yaml"
+    first.write_text("pretrain:\n  warmup_epochs: 2\n  lr: 0.1\n")
+    second = tmp_path / "second.yaml"
+    second.write_text("pretrain:\n  lr: 0.5\n")
+    apply_preset(params, first)
+    stacked = apply_preset(params, second)
+    assert stacked.changed == {"pretrain.lr": (0.1, 0.5)}
+    assert stacked.kept == {"pretrain.warmup_epochs": (0, 2)}
+    assert load_config(params).pretrain.warmup_epochs == 2
+
+    apply_preset(params, first)
+    fresh = apply_preset(params, second, fresh=True)
+    assert fresh.kept == {}
+    assert fresh.changed == {"pretrain.lr": (0.1, 0.5), "pretrain.warmup_epochs": (2, 0)}
+    assert load_config(params) == config_from_dict({"pretrain": {"lr": 0.5}})
+    assert "# invprop params" in params.read_text()  # comments survive the reset
+
+
+def test_an_empty_mapping_replaces_rather_than_merges() -> None:
+    base = {"transfer": {"roots": {"svhn": "/a"}, "targets": ["digits"]}}
+    assert deep_merge(base, {"transfer": {"roots": {}}}) == {
+        "transfer": {"roots": {}, "targets": ["digits"]}
+    }
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED_KEYS.items()))
+def test_a_renamed_key_fails_in_one_line_naming_the_new_key(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    section, name = old.split(".")
+    value = Config().to_dict()[section][new.split(".")[1]]
+    message = f"{old} was renamed to {new}"
+    with pytest.raises(InvpropError, match=message) as raised:
+        config_from_dict({section: {name: value}})
+    assert "\n" not in str(raised.value)
+    with pytest.raises(InvpropError, match=message):
+        config_from_dict({}, [f"{old}={value}"])
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    preset = tmp_path / "old.yaml"
+    preset.write_text(yaml.safe_dump({section: {name: value}}))
+    with pytest.raises(InvpropError, match=message):
+        apply_preset(params, preset)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()  # left as it was
+    assert config_from_dict({}, [f"{new}={value}"]).to_dict()[section][new.split(".")[1]] == value
+
+
+def test_a_checkpoint_written_before_a_rename_reads_under_the_new_names() -> None:
+    from invprop.checkpoint import checkpoint_config
+
+    stored = Config().to_dict()
+    stored["pretrain"]["knn_k"] = stored["pretrain"].pop("k") + 1
+    stored["pretrain"]["propagation"] = "concat"
+    del stored["pretrain"]["propagator"]
+    cfg = checkpoint_config({"config": stored})
+    assert (cfg.pretrain.k, cfg.pretrain.propagator) == (Config().pretrain.k + 1, "concat")
+
+
+def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:
+    # What Snakemake's --config 'pretrain={epochs: 8, ...}' delivers: every scalar a string.
+    given = {
+        "seed": "3",
+        "data": {"root": "123", "train_limit": "10000", "name": "digits"},
+        "pretrain": {"epochs": "8", "lr": "0.1", "invp": "false", "precision": "fp32"},
+        "augment": {"crop_scale": ["0.3", "1.0"]},
+        "evaluate": {"knn_k": ["20", "1"]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",
+    }
+    assert restore_types(given) == {
+        "seed": 3,
+        "data": {"root": "123", "train_limit": 10000, "name": "digits"},  # root is a string
+        "pretrain": {"epochs": 8, "lr": 0.1, "invp": False, "precision": "fp32"},
+        "augment": {"crop_scale": [0.3, 1.0]},
+        "evaluate": {"knn_k": [20, 1]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",  # unknown: left for validation to name
+    }
+
+
+def test_save_params_writes_a_loadable_file_only_when_it_changes(tmp_path: Path) -> None:
+    cfg = config_from_dict({}, ["pretrain.epochs=9"])
+    path = save_params(cfg, tmp_path / "deep" / "params.yaml")
+    assert load_config(path) == cfg
+    before = path.stat().st_mtime_ns
+    save_params(cfg, path)
+    assert path.stat().st_mtime_ns == before

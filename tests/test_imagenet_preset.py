@@ -102,7 +102,7 @@ def test_imagenet_paper_preset_runs_end_to_end(tmp_path: Path) -> None:
 
     final = load_checkpoint(project / "models/pretrain/final.pt")
     trained = final["config"]["pretrain"]
-    for key in ("temperature", "n_pos", "knn_k", "hops", "positives", "bank_init", "lr"):
+    for key in ("temperature", "n_pos", "k", "hops", "positives", "bank_init", "lr"):
         assert trained[key] == preset["pretrain"][key], key
     epochs = final["history"]
     assert [row["epoch"] for row in epochs] == [1, 2]

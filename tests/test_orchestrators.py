@@ -406,6 +406,36 @@ def test_snakemake_has_nothing_to_do_after_a_dvc_run(dvc_run: DvcRun) -> None:
     assert "Nothing to be done" in dry.stdout
 
 
+def test_snakemake_jobs_compute_with_the_overrides_it_records(
+    pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--config reads nested values as strings; the job still trains for the integer number
+    of epochs given, reads it from the params file Snakemake wrote, and tracks it: without
+    the override the rule is due again."""
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_override")
+    override = ["--config", "pretrain={epochs: 1, lr: 0.05}"]
+    run(["snakemake", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    assert json.loads((workspace / "reports/pretrain.json").read_text())["epochs"] == 1
+    resolved = yaml.safe_load((workspace / ".snakemake/invprop/params.yaml").read_text())
+    assert (resolved["pretrain"]["epochs"], resolved["pretrain"]["lr"]) == (1, 0.05)
+    assert "invprop pretrain: done" in (workspace / "logs/pretrain.log").read_text()
+
+    again = run(["snakemake", "-n", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    plain = run(["snakemake", "-n", "--cores", "1", "reports/pretrain.json"], workspace)
+    assert "pretrain" in planned_rules(plain.stdout), plain.stdout[-3000:]
+
+
+def test_snakemake_refuses_an_override_it_cannot_honour(
+    pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_refused")
+    bad = ["snakemake", "-n", "--cores", "1", "--config", "pretrain={epochs: 0}"]
+    result = run(bad, workspace, check=False)
+    assert result.returncode != 0
+    assert "params: pretrain.epochs = 0 is out of range: must be >= 1" in result.stdout
+
+
 # ---------------------------------------------------------------------------------------
 # A seed study: experiments queued and run by DVC, aggregated by `invprop study`
 
@@ -426,7 +456,7 @@ def seed_study(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Pat
     deadline = time.monotonic() + 600
     while True:  # the worker runs in the background; wait for it to finish both
         shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
-        runs, pending = runs_from_show(shown)
+        runs, pending = runs_from_show(shown, "reports/evaluate.json")
         if not pending.get("queued") and not pending.get("running"):
             break
         assert time.monotonic() < deadline, f"the queue did not finish: {pending}"
@@ -441,7 +471,7 @@ def test_seed_study_pairs_invp_with_its_baseline_by_seed(seed_study: Path) -> No
     table = json.loads(result.stdout)
     assert table["experiments"] == ["seed1", "seed2"] and table["not_finished"] == {}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], seed_study).stdout)
-    runs = {run.seed: run for run in runs_from_show(shown)[0]}
+    runs = {run.seed: run for run in runs_from_show(shown, "reports/evaluate.json")[0]}
     rows = {(row["figure"], row["variant"]): row for row in table["rows"]}
     assert set(rows) == {
         (key, variant) for key in STUDY_FIGURES for variant in ("invp", "instance_discrimination")

@@ -14,9 +14,9 @@ import pytest
 from conftest import exact_table, write_bank_checkpoint
 from PIL import Image
 
-from invprop import report
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
+from invprop.stages import report
 
 PARAMS = {
     "seed": 0,
@@ -56,7 +56,7 @@ ID_OFF_ROW = (
     "| Instance discrimination | not run (evaluate.baselines.instance_discrimination is off) "
     "| – | – | – |"
 )
-TRANSFER = {  # the keys invprop/transfer.py writes
+TRANSFER = {  # the keys invprop/stages/transfer.py writes
     "semi/10pct/finetune/top1": 0.9012,
     "semi/10pct/labels": 12,
     "semi/1pct/finetune/top1": 0.6543,
@@ -88,10 +88,10 @@ def write_tsv(name: str, values: list[float]) -> None:
 def base(tmp_path_factory):
     """Every required input, from the real graph and propagate stages on digits pixels;
     no transfer.json, no snapshots, instance discrimination off, no kNN monitor curve."""
-    from invprop import graph, propagation
     from invprop.data import load_prepared
-    from invprop.data.prepare import prepare
-    from invprop.embed import save_npz
+    from invprop.io import save_npz
+    from invprop.stages import graph, propagate
+    from invprop.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("report")
     cfg = config_from_dict(PARAMS)
@@ -118,10 +118,16 @@ def base(tmp_path_factory):
         (folder / "meta.json").write_text(json.dumps(meta))
         graph.run(cfg, "final")
         with pytest.warns(UserWarning, match="no pretrain snapshots"):
-            propagation.run(cfg, "final")
+            propagate.run(cfg, "final")
         Path("reports/evaluate.json").write_text(json.dumps(EVALUATE))
         Path("reports/pretrain.json").write_text(
-            json.dumps({"epochs": 3, "seconds": 42.25, "device": "cpu"})
+            json.dumps(
+                {
+                    "epochs": 3,
+                    "device": "cpu",
+                    "footprint": {"wall_seconds": 42.25, "peak_rss_mb": 900},
+                }
+            )
         )
         Path("reports/embed_final.json").write_text(json.dumps({"seconds": 3.0, "device": "cpu"}))
         write_tsv("loss", [9.1, 8.2, 7.4])
@@ -135,7 +141,7 @@ def base(tmp_path_factory):
 def full(base, tmp_path_factory):
     """`base` plus every optional input: transfer.json, snapshots (propagate rerun over
     their banks), instance-discrimination figures and the kNN monitor curve."""
-    from invprop import propagation
+    from invprop.stages import propagate
 
     root = tmp_path_factory.mktemp("full") / "ws"
     shutil.copytree(base[0], root)
@@ -150,7 +156,7 @@ def full(base, tmp_path_factory):
             write_bank_checkpoint(
                 Path("models/pretrain") / name, epoch, vectors, exact_table(vectors, 4), cfg
             )
-        propagation.run(cfg, "final")
+        propagate.run(cfg, "final")
         evaluate = dict(EVALUATE)
         del evaluate["instance_discrimination/status"]
         evaluate |= {
@@ -273,16 +279,19 @@ def test_transfer_table_pivots_settings_and_protocols(tmp_path):
     assert "- Random init baseline: not run" in table.markdown()
 
 
-def test_stage_times_table_reads_each_stage_report(tmp_path):
-    (tmp_path / "prepare_digits.json").write_text(json.dumps({"seconds": 0.456}))
-    (tmp_path / "pretrain.json").write_text(json.dumps({"seconds": 42.25, "device": "cuda"}))
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))
+def test_stage_times_table_reads_each_stage_footprint(tmp_path):
+    def footprint(seconds: float, mb: float) -> dict:
+        return {"footprint": {"wall_seconds": seconds, "cpu_seconds": 1.0, "peak_rss_mb": mb}}
+
+    (tmp_path / "prepare_digits.json").write_text(json.dumps(footprint(0.456, 181.9)))
+    (tmp_path / "pretrain.json").write_text(json.dumps(footprint(42.25, 2048) | {"device": "cuda"}))
+    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))  # no footprint recorded
     table = report.stage_times_table(tmp_path, "digits")
     rows = {row[1]: row for row in table.rows}
-    assert rows["prepare_digits.json"] == ["prepare", "prepare_digits.json", "0.5", "–"]
-    assert rows["pretrain.json"] == ["pretrain", "pretrain.json", "42.2", "cuda"]
-    assert rows["evaluate.json"] == ["evaluate", "evaluate.json", "12.3", "cpu"]
-    assert rows["transfer.json"] == ["transfer", "transfer.json", "not run", "–"]
+    assert rows["prepare_digits.json"] == ["prepare", "prepare_digits.json", "0.5", "182", "–"]
+    assert rows["pretrain.json"] == ["pretrain", "pretrain.json", "42.2", "2,048", "cuda"]
+    assert rows["evaluate.json"] == ["evaluate", "evaluate.json", "–", "–", "cpu"]
+    assert rows["transfer.json"] == ["transfer", "transfer.json", "not run", "–", "–"]
     assert [r[0] for r in table.rows][:2] == ["prepare", "pretrain"]
 
 
@@ -348,8 +357,8 @@ def test_report_without_optional_inputs_says_not_run(base):
     assert "| all | not run (reports/transfer.json not found) |" in lines
     assert "Positive purity against epoch: not run (no pretrain snapshots" in markdown
     assert "kNN monitor against epoch: not run" in markdown
-    assert "| pretrain | pretrain.json | 42.2 | cpu |" in lines
-    assert "| transfer | transfer.json | not run | – |" in lines
+    assert "| pretrain | pretrain.json | 42.2 | 900 | cpu |" in lines
+    assert "| transfer | transfer.json | not run | – | – |" in lines
     assert not re.search(r"\d{4}-\d{2}-\d{2}", markdown)  # no dates
     with chdir(root):
         check_figures(markdown, figures)
@@ -375,7 +384,7 @@ def test_report_with_every_optional_input(full):
     assert "| semi-supervised, 1% labels | – | – | 65.4 | 20.0 |" in lines
     assert "| transfer to digits | 92.3 | 50.0 | 95.5 | – |" in lines
     assert re.findall(r"not run \(", markdown) == []  # every optional part ran
-    assert "| transfer | transfer.json | 7.0 | – |" in lines
+    assert "| transfer | transfer.json | – | – | – |" in lines  # run without its footprint
     assert {"purity_epoch.png", "knn_monitor.png"} <= set(figures)
     with chdir(root):
         check_figures(markdown, figures)
@@ -427,7 +436,7 @@ def test_stage_entry_point_prints_a_missing_input_as_one_line(tmp_path, monkeypa
     from invprop import pipeline
 
     # pipeline.STAGES gains "report" from the lead; registering it here changes nothing then.
-    monkeypatch.setitem(pipeline.STAGES, "report", "invprop.report:run")
+    monkeypatch.setitem(pipeline.STAGES, "report", "invprop.stages.report:run")
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(PARAMS))
     assert pipeline.main("report", []) == 2

@@ -98,7 +98,7 @@ def test_runs_from_show_reads_finished_experiments_and_names_the_rest() -> None:
             ],
         },
     ]
-    runs, pending = runs_from_show(shown)
+    runs, pending = runs_from_show(shown, "reports/evaluate.json")
     assert [run.name for run in runs] == ["done", "done-too"]
     assert runs[0].params == {"seed": 1, "pretrain.epochs": 4} and runs[0].seed == 1
     assert runs[0].metrics == {"invp/linear/top1": 0.8}

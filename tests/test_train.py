@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import exact_table
 
-from invprop import train as train_module
-from invprop.checkpoint import load_checkpoint, save_checkpoint
+from invprop import training as train_module
+from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
 from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import learning_rate, train
+from invprop.inference import extract
+from invprop.stages.prepare import prepare
+from invprop.training import learning_rate, train
+from invprop.workspace import TrainingRun, prepared_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,17 +131,11 @@ def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
 
 @pytest.mark.parametrize("refresh", ["online", "bank", "clean"])
 def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> None:
-    from conftest import exact_table
-
-    from invprop.checkpoint import encoder_from_checkpoint
-    from invprop.data import load_prepared
-    from invprop.embed import extract
-
     cfg = tiny_config(f"pretrain.table_refresh={refresh}", "pretrain.epochs=2")
     train(cfg)
     final = load_checkpoint("models/pretrain/final.pt")
     table = final["bank"]["neighbours"]
-    prepared = load_prepared("data/prepared/synthetic")
+    prepared = prepared_dataset("synthetic")
     labels = prepared.train.labels
     same = (labels[table.numpy()] == labels[:, None]).mean()
     assert final["history"][-1]["table_purity"] == pytest.approx(same)
@@ -164,7 +161,7 @@ def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Pa
     partial temporary file shows the cut; the last run ends equal to an uninterrupted run.
     TINY has 6 steps an epoch, 3 epochs and a snapshot at epoch 1."""
     reference = workdir / "reference"
-    train(tiny_config(), out_dir=reference / "models", live_dir=reference / "live")
+    train(tiny_config(), TrainingRun(reference / "models", reference / "live"))
 
     draw = random.Random(8)
     out = workdir / "models/pretrain"

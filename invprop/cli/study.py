@@ -64,8 +64,10 @@ def study(
         runs_from_show,
         study_table,
     )
+    from invprop.workspace import stage_report  # numpy: not for `invprop --help`
 
-    runs, pending = runs_from_show(read_experiments(repo, all_commits))
+    shown = read_experiments(repo, all_commits)
+    runs, pending = runs_from_show(shown, stage_report("evaluate").as_posix())
     for text in where:
         path, value = parse_override(text)
         key = ".".join(path)

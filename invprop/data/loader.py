@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from invprop.data.tensors import as_tensor, convert_channels, decode_batches
+
 if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.data.prepared import PreparedDataset
@@ -70,8 +72,6 @@ class TrainImages:
     channel count (Fashion-MNIST: 47 MB; CIFAR: 150 MB)."""
 
     def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
-        from invprop.data.tensors import as_tensor, convert_channels
-
         self.images = convert_channels(as_tensor(prepared.train), cfg.data.channels).to(device)
         self.labels = torch.as_tensor(prepared.train.labels)
         self.n = self.images.shape[0]
@@ -102,8 +102,6 @@ class FolderImages:
     def batches(
         self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from invprop.data.tensors import decode_batches
-
         shards = [
             rank_shard(batch, rank, world_size)
             for batch in epoch_batches(self.n, batch_size, seed, epoch)

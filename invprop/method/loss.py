@@ -90,7 +90,7 @@ def select_positives(
     anchor padded in). The selection runs on the candidate list as is, like the authors'
     ``pos_sim.topk(min(n_pos, C), largest=False)``: with ``concat`` propagation a duplicated
     candidate can be selected several times and the anchor itself can be selected. Unlike the
-    authors (who take min(P, C)), P > C is an error (METHOD.md: a params error).
+    authors (who take min(P, C)), P > C is an error (docs/method.md, "Edge rules").
     """
     if mode not in POSITIVE_MODES:
         raise ValueError(f"unknown positives mode {mode!r}; use one of {POSITIVE_MODES}")
@@ -265,7 +265,7 @@ def ramp_weight(epoch: int, ramp_epoch: int, lambda_inv: float) -> float:
 
     The authors' loop passes a 0-based epoch to ``BinaryRampUp(i_epoch, 30)`` (main.py,
     commit 80b2da4a81a61193349ee6f773549c35d5e74555), i.e. their term starts at 1-based epoch
-    32; METHOD.md fixes the 1-based rule used here (starts at epoch ramp_epoch + 1).
+    32; docs/method.md fixes the 1-based rule used here (starts at epoch ramp_epoch + 1).
     """
     if epoch < 1:
         raise ValueError(f"epochs count from 1, got {epoch}")
