@@ -151,6 +151,8 @@ def _dvc() -> str:
 
 def read_experiments(repo: Path, all_commits: bool = False) -> list[dict[str, Any]]:
     """`dvc exp show --json` of `repo`: the experiments of HEAD (or of every commit)."""
+    if not repo.is_dir():
+        raise InvpropError(f"{repo} is not a folder; give the DVC repository with --repo")
     args = [_dvc(), "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, check=False)
     if result.returncode != 0:

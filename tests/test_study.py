@@ -235,3 +235,12 @@ def test_cli_prints_the_table_and_what_is_still_queued(monkeypatch) -> None:
     bad = runner.invoke(app, ["study", "--where", "pretrain.epochs=7"])
     assert bad.exit_code == 2
     assert "error: --where pretrain.epochs=7: no finished experiment has" in bad.output
+
+
+def test_cli_names_a_repository_that_is_not_a_folder(tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(app, ["study", "--repo", str(missing)])
+    assert result.exit_code == 2
+    assert f"error: {missing} is not a folder; give the DVC repository with --repo" in (
+        result.output
+    )
