@@ -135,8 +135,9 @@ def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> 
     from invprop.embed import extract
 
     cfg = tiny_config(f"pretrain.table_refresh={refresh}", "pretrain.epochs=2")
-    train(cfg)
+    summary = train(cfg)
     final = load_checkpoint("models/pretrain/final.pt")
+    assert summary["table_purity"] == [row["table_purity"] for row in final["history"]]
     table = final["bank"]["neighbours"]
     prepared = load_prepared("data/prepared/synthetic")
     labels = prepared.train.labels
