@@ -443,5 +443,8 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         "images_per_second": last["images_per_second"],
         "knn_bank_top1": last.get("knn_bank_top1"),
         "seconds": sum(r["epoch_seconds"] for r in state.history),
+        # Per epoch, so that `dvc exp show` carries them for every experiment of a study.
+        "table_purity": [r.get("table_purity") for r in state.history],
+        "table_seconds": sum(r["table_seconds"] for r in state.history),
     }
     return summary

@@ -132,8 +132,9 @@ def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
 @pytest.mark.parametrize("refresh", ["online", "bank", "clean"])
 def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> None:
     cfg = tiny_config(f"pretrain.table_refresh={refresh}", "pretrain.epochs=2")
-    train(cfg)
+    summary = train(cfg)
     final = load_checkpoint("models/pretrain/final.pt")
+    assert summary["table_purity"] == [row["table_purity"] for row in final["history"]]
     table = final["bank"]["neighbours"]
     prepared = prepared_dataset("synthetic")
     labels = prepared.train.labels
