@@ -83,7 +83,7 @@ rule prepare:
         directory(PREPARED),
         f"reports/prepare_{DATA}.json",
     params:
-        tracked=tracked("seed", "data"),
+        tracked=tracked("data"),
     log:
         "logs/prepare.log",
     shell:
@@ -105,7 +105,9 @@ rule prepare_target:
     wildcard_constraints:
         target=one_of(TARGETS),
     params:
-        tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
+        tracked=tracked(
+            "data.seed", "data.image_size", "data.channels", "data.download", "transfer.roots"
+        ),
     log:
         "logs/prepare_target_{target}.log",
     shell:
@@ -303,7 +305,7 @@ rule evaluate:
     output:
         "reports/evaluate.json",
     params:
-        tracked=tracked("seed", "evaluate"),
+        tracked=tracked("seed", "data.seed", "evaluate"),
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
@@ -337,6 +339,7 @@ rule transfer:
         tracked=tracked(
             "seed",
             "data.name",
+            "data.seed",
             "data.image_size",
             "data.channels",
             "transfer",

@@ -77,6 +77,10 @@ class DataConfig:
     # Seeded class-stratified subsets for quick runs; None keeps everything.
     train_limit: int | None = _f(None, ge=1)
     test_limit: int | None = _f(None, ge=1)
+    # Fixes what is compared, apart from the training seed (`seed`): the subsets above, the
+    # held-out validation part of train and the linear probe's C-selection split. Runs that
+    # differ only in `seed` therefore train and are scored on the same images.
+    seed: int = _f(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,10 @@ class PretrainConfig:
     temperature: float = _f(0.2, gt=0)
     bank_momentum: float = _f(0.5, ge=0, lt=1)
     bank_init: Literal["random", "forward"] = "forward"
+    # How the neighbour table is refreshed: "online" (authors: each batch row from its
+    # augmented view against the bank), or rebuilt once per epoch as the exact k-NN of the
+    # bank itself ("bank") or of clean, un-augmented embeddings of the train split ("clean").
+    table_refresh: Literal["online", "bank", "clean"] = "online"
     invp: bool = True
     # Neighbours per row of the memory bank's k-NN table (propagation walks them).
     k: int = _f(4, ge=1)
@@ -187,6 +195,9 @@ class BaselinesConfig:
 class EvaluateConfig:
     knn_k: list[int] = _f([200, 20, 1], ge=1)
     knn_temperature: float = _f(0.07, gt=0)
+    # The held-out validation part of train (class-stratified, drawn with data.seed): kNN
+    # and linear figures on it are what choices look at, never the test split.
+    val_fraction: float = _f(0.1, gt=0, lt=1)
     linear: LinearConfig = field(default_factory=LinearConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
@@ -221,6 +232,8 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class Config:
+    # The training seed: network initialisation, augmentation draws and batch order (and
+    # the report's anchors and maps). The data's own randomness is data.seed.
     seed: int = _f(0, ge=0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -653,6 +666,5 @@ def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     """Keys (dotted) whose values differ between two configs, with both values."""
-
     fa, fb = flat_keys(a.to_dict()), flat_keys(b.to_dict())
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

@@ -230,7 +230,7 @@ def lbfgs_probe(
         lin.c_grid,
         lin.val_fraction,
         lin.max_iter,
-        cfg.seed,
+        cfg.data.seed,
         device,
     )
 

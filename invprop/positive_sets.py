@@ -26,6 +26,7 @@ from torch import Tensor
 
 from invprop.errors import InvpropError
 from invprop.logs import get_logger, progress, track
+from invprop.method.bank import table_purity
 from invprop.method.loss import select_positives
 from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
 
@@ -376,11 +377,7 @@ def bank_stats(
     purity = None
     label_t = _labels_tensor(labels, n, where)
     if label_t is not None:
-        valid = neighbours >= 0
-        same = valid & (label_t[neighbours.clamp(min=0)] == label_t.unsqueeze(1))
-        rows = (label_t >= 0) & valid.any(dim=1)
-        share = same.sum(1).double() / valid.sum(1).clamp(min=1).double()
-        purity = float(share[rows].mean()) if rows.any() else None
+        purity = table_purity(neighbours, label_t)
     return {
         "n": n,
         "dim": int(vectors.shape[1]),

@@ -11,7 +11,7 @@ moved when they were brought together (tests/test_sampling.py pins them).
   (the fixed test split of datasets that come without one).
 - `holdout_split`: round(fraction * n_c) rows of each class held out, at least one row of
   each class kept, one generator, a permutation's prefix. The linear probe's validation
-  rows, on which its C is chosen.
+  rows, on which its C is chosen, and evaluate's validation part of train.
 - `balanced_subset`: the same count from every labelled class, one generator per class
   seeded by (seed, class), a permutation's prefix, so a smaller fraction's subset lies
   inside a larger one's. The transfer stage's semi-supervised subsets.

@@ -6,7 +6,8 @@ instance_discrimination stages).
             augment on the data's device -> encoder -> S = v @ V^T (fp32)
             L = L_ins + lambda * w(epoch) * L_inv      (OLD bank and table)
             SGD step; then refresh the table rows and the bank rows of the batch
-        kNN monitor on the bank, dvclive log, (snapshot +) last.pt written atomically
+        (table rebuilt, when pretrain.table_refresh asks), table purity, kNN monitor on the
+        bank, dvclive log, (snapshot +) last.pt written atomically
 
 Resuming: `models/pretrain/last.pt` carries everything (model, optimizer, bank, table,
 epoch, history) plus the hash of the params that shape training. A restart with the same
@@ -57,7 +58,7 @@ from invprop.errors import InvpropError
 from invprop.inference import extract, normalisation, resolve_device
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
-from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
+from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
 from invprop.models import Encoder
 from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
@@ -176,7 +177,14 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     (losses.total * loss_scale).backward()
     optimizer.step()
-    bank.update(indices, embeddings.detach(), sim.detach(), p.bank_momentum, all_gather_rows)
+    bank.update(
+        indices,
+        embeddings.detach(),
+        sim.detach(),
+        p.bank_momentum,
+        all_gather_rows,
+        refresh_table=p.table_refresh == "online",
+    )
     return InvPLoss(*(loss.detach() for loss in losses))
 
 
@@ -250,6 +258,24 @@ def monitor_knn(
         len(prepared.classes),
     )
     return result[MONITOR_K]["top1"]
+
+
+def rebuild_table(
+    encoder: Encoder,
+    bank: MemoryBank,
+    prepared: PreparedDataset,
+    cfg: Config,
+    device: torch.device,
+) -> None:
+    """The once-per-epoch table of pretrain.table_refresh: exact k-NN of the bank itself
+    ("bank"), or of clean embeddings of the train split by the current network ("clean")."""
+    if cfg.pretrain.table_refresh == "bank":
+        bank.rebuild_table()
+        return
+    _, embeddings = extract(
+        encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
+    )
+    bank.rebuild_table(torch.nn.functional.normalize(embeddings.to(device), dim=1))
 
 
 def train(cfg: Config, run: TrainingRun = PRETRAIN) -> dict[str, Any]:
@@ -356,6 +382,12 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
             )
             sums += torch.stack(losses) * share
         seconds = time.perf_counter() - start
+        table_seconds = 0.0
+        if p.table_refresh != "online":  # every rank: all hold the same bank
+            table_start = time.perf_counter()
+            rebuild_table(encoder, bank, prepared, cfg, device)
+            broadcast_(bank.neighbours)
+            table_seconds = time.perf_counter() - table_start
         all_reduce_sum(sums)
         means = (sums / batches_per_epoch).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
@@ -373,7 +405,12 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
             "lr": lr,
             "images_per_second": data.n / seconds,
             "epoch_seconds": seconds,
+            "table_seconds": table_seconds,
         }
+        # The table the next epoch propagates over; labels only measure it.
+        purity = table_purity(bank.neighbours, data.labels.to(device))
+        if purity is not None:
+            row["table_purity"] = purity
         state.history.append(row)
         if not ranks.is_main:  # the others' bank and weights equal rank 0's
             continue
@@ -403,5 +440,8 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         "images_per_second": last["images_per_second"],
         "knn_bank_top1": last.get("knn_bank_top1"),
         "seconds": sum(r["epoch_seconds"] for r in state.history),
+        # Per epoch, so that `dvc exp show` carries them for every experiment of a study.
+        "table_purity": [r.get("table_purity") for r in state.history],
+        "table_seconds": sum(r["table_seconds"] for r in state.history),
     }
     return summary

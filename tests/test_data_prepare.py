@@ -52,7 +52,7 @@ def test_synthetic_artifact_and_meta(in_tmp, data_config):
     assert meta["class_counts"]["train"] == [10] * 10 and sum(meta["class_counts"]["test"]) == 30
     assert meta["params"] == {
         "data_hash": cfg.section_hash("data"),
-        "seed": 0,
+        "data_seed": 0,
         "train_limit": 100,
         "test_limit": 30,
     }
@@ -70,7 +70,7 @@ def test_synthetic_artifact_and_meta(in_tmp, data_config):
     assert report["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
 
 
-def test_prepare_is_deterministic_and_limits_follow_seed(in_tmp, data_config):
+def test_prepare_is_deterministic_and_limits_follow_the_data_seed(in_tmp, data_config):
     run(data_config("digits", train_limit=200), "digits")
     first = snapshot(in_tmp / "data/prepared/digits")
     run(data_config("digits", train_limit=200), "digits")
@@ -81,9 +81,18 @@ def test_prepare_is_deterministic_and_limits_follow_seed(in_tmp, data_config):
     ds = load_prepared(in_tmp / "data/prepared/digits")
     assert len(ds.train) == 200 and ds.meta["native_counts"]["train"] == 1438
     assert max(ds.meta["class_counts"]["train"]) - min(ds.meta["class_counts"]["train"]) <= 2
-    reseeded = {
+    # The training seed leaves the subset alone; the data seed draws another.
+    trained_otherwise = {
         "seed": 1,
         "data": {"name": "digits", "train_limit": 200},
+        "transfer": {"targets": []},
+    }
+    run(config_from_dict(trained_otherwise), "digits")
+    assert (
+        snapshot(in_tmp / "data/prepared/digits")["train_labels.npy"] == (first["train_labels.npy"])
+    )
+    reseeded = {
+        "data": {"name": "digits", "train_limit": 200, "seed": 1},
         "transfer": {"targets": []},
     }
     run(config_from_dict(reseeded), "digits")

@@ -3,6 +3,7 @@ tiny synthetic dataset (16x16 grey) and a tiny checkpoint built here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -243,15 +244,23 @@ def test_stale_embeddings_are_refused(workdir):
 # evaluate stage
 
 
+def knn_keys(prefix: str) -> set[str]:
+    return {f"{prefix}/k{k}/{m}" for k in K for m in ("top1", "top5")} | {f"{prefix}/seconds"}
+
+
+def linear_keys(prefix: str) -> set[str]:
+    return {f"{prefix}/{m}" for m in ("top1", "top5", "c", "seconds", "protocol")}
+
+
 def expected_keys(prefix: str, bank: bool) -> set[str]:
+    """The keys of one trained representation, on test and on the validation part."""
     keys = set()
-    for kind in ("embeddings", "features"):
-        keys |= {f"{prefix}/knn_clean/{kind}/k{k}/{m}" for k in K for m in ("top1", "top5")}
-        keys.add(f"{prefix}/knn_clean/{kind}/seconds")
-    if bank:
-        keys |= {f"{prefix}/knn_bank/k{k}/{m}" for k in K for m in ("top1", "top5")}
-        keys.add(f"{prefix}/knn_bank/seconds")
-    keys |= {f"{prefix}/linear/{m}" for m in ("top1", "top5", "c", "seconds", "protocol")}
+    for where in (prefix, f"{prefix}/val"):
+        for kind in ("embeddings", "features"):
+            keys |= knn_keys(f"{where}/knn_clean/{kind}")
+        if bank:
+            keys |= knn_keys(f"{where}/knn_bank")
+        keys |= linear_keys(f"{where}/linear")
     return keys
 
 
@@ -259,9 +268,9 @@ def test_evaluate_writes_flat_metrics(workdir):
     evaluate_stage.run(make_config())
     metrics = json.loads(Path("reports/evaluate.json").read_text())
     want = expected_keys("invp", bank=True) | expected_keys("random_init", bank=False)
-    want |= {f"pixels/knn/k{k}/{m}" for k in K for m in ("top1", "top5")}
-    want |= {"pixels/knn/seconds", "random_init/extract/seconds", "invp/epoch"}
-    want |= {f"pixels/linear/{m}" for m in ("top1", "top5", "c", "seconds", "protocol")}
+    want |= knn_keys("pixels/knn") | knn_keys("pixels/val/knn")
+    want |= linear_keys("pixels/linear") | linear_keys("pixels/val/linear")
+    want |= {"random_init/extract/seconds", "invp/epoch"}
     want |= {"instance_discrimination/status"}
     want |= {f"evaluate/{m}" for m in ("seconds", "device", "num_classes")}
     want |= {"evaluate/train_images", "evaluate/test_images"}
@@ -296,6 +305,31 @@ def test_evaluate_bank_knn_uses_the_bank(workdir):
         )
     assert metrics["pixels/status"] == "not run (evaluate.baselines.pixels is off)"
     assert metrics["random_init/status"] == "not run (evaluate.baselines.random_init is off)"
+
+
+def test_validation_is_a_fixed_stratified_part_of_train_scored_against_the_rest(workdir):
+    off = {"pixels": False, "random_init": False}
+    cfg = make_config(evaluate={"baselines": off, "val_fraction": 0.25})
+    metrics = evaluate_stage.evaluate(cfg)
+    embeddings = load_embeddings("artifacts/embeddings/final")
+    labels = embeddings["train_labels"]
+    fit, val = (rows.numpy() for rows in evaluate_stage.validation_rows(labels, cfg))
+    assert np.intersect1d(fit, val).size == 0 and fit.size + val.size == N_TRAIN
+    for c in np.unique(labels):
+        assert (labels[val] == c).sum() == round(0.25 * (labels == c).sum())
+    # The data seed draws the rows; the training seed leaves them alone.
+    retrained = dataclasses.replace(cfg, seed=7)
+    assert np.array_equal(evaluate_stage.validation_rows(labels, retrained)[1].numpy(), val)
+    redrawn = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=7))
+    assert not np.array_equal(evaluate_stage.validation_rows(labels, redrawn)[1].numpy(), val)
+    # K = 1: each validation row takes the label of its most cosine-similar fit row.
+    for kind in ("features", "embeddings"):
+        x = embeddings[f"train_{kind}"].astype(np.float64)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        nearest = fit[np.argmax(x[val] @ x[fit].T, axis=1)]
+        want = float(np.mean(labels[nearest] == labels[val]))
+        assert metrics[f"invp/val/knn_clean/{kind}/k1/top1"] == pytest.approx(want)
+    assert metrics["invp/val/linear/c"] in (0.1, 1.0)
 
 
 def test_instance_discrimination_stage_off_records_why_and_trains_nothing(workdir):

@@ -9,8 +9,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import exact_table
 
-from invprop.method import MemoryBank, bank_similarities, knn_table, neighbours_excluding_self
+from invprop.method import (
+    MemoryBank,
+    bank_similarities,
+    knn_table,
+    neighbours_excluding_self,
+    table_purity,
+)
 
 
 def test_buffers_shapes_and_defaults() -> None:
@@ -134,6 +141,54 @@ def test_update_with_gathered_shares_equals_update_of_the_whole_batch() -> None:
     bank.update(idx[:3], emb[:3], sim[:3], 0.5, gather=lambda t: torch.cat([t, next(received)]))
     assert torch.equal(bank.neighbours, whole.neighbours)
     torch.testing.assert_close(bank.vectors, whole.vectors, rtol=0, atol=0)
+
+
+def test_update_without_table_refresh_moves_vectors_only() -> None:
+    g = torch.Generator().manual_seed(3)
+    bank = MemoryBank(25, 4, 2)
+    bank.init_from(torch.randn(25, 4, generator=g))
+    table = bank.neighbours.clone()
+    twin = copy.deepcopy(bank)
+    idx = torch.tensor([1, 9, 20])
+    emb = torch.randn(3, 4, generator=g)
+    sim = bank_similarities(F.normalize(emb, dim=1), bank.vectors)
+    bank.update(idx, emb, sim, 0.5, refresh_table=False)
+    twin.update(idx, emb, sim, 0.5)
+    assert torch.equal(bank.vectors, twin.vectors)
+    assert torch.equal(bank.neighbours, table)
+    assert not torch.equal(twin.neighbours, table)  # the online refresh would have moved it
+
+
+@pytest.mark.parametrize("source", ["bank", "given"])
+def test_rebuild_table_is_the_exact_knn_of_its_source(source: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    bank = MemoryBank(30, 5, 3)
+    bank.init_random(g)
+    given = F.normalize(torch.randn(30, 5, generator=g), dim=1)
+    if source == "bank":
+        bank.rebuild_table()
+        want = exact_table(bank.vectors.double().numpy(), 3)
+    else:
+        bank.rebuild_table(given)
+        want = exact_table(given.double().numpy(), 3)
+    assert bank.neighbours.tolist() == want.tolist()
+    with pytest.raises(ValueError, match="need 30 rows"):
+        bank.rebuild_table(given[:10])
+
+
+def test_table_purity_matches_a_plain_loop() -> None:
+    g = torch.Generator().manual_seed(6)
+    table = torch.randint(-1, 40, (40, 4), generator=g)
+    table[3] = -1  # a row never filled does not count
+    labels = torch.randint(0, 3, (40,), generator=g)
+    labels[5] = -1  # nor does an unlabelled row
+    shares = []
+    for i in range(40):
+        filled = [j for j in table[i].tolist() if j >= 0]
+        if labels[i] >= 0 and filled:
+            shares.append(sum(labels[j] == labels[i] for j in filled) / len(filled))
+    assert table_purity(table, labels) == pytest.approx(sum(shares) / len(shares))
+    assert table_purity(torch.full((4, 2), -1), torch.zeros(4, dtype=torch.long)) is None
 
 
 def test_update_accepts_bf16_and_keeps_fp32_state() -> None:

@@ -31,8 +31,10 @@ import pytest
 import yaml
 from dvc_pipeline import DvcStage, dvc_stages
 from run_comparison import without_timing
+from scipy import stats
 
 from invprop.config import config_from_dict, deep_merge
+from invprop.study import runs_from_show
 
 pytestmark = pytest.mark.slow
 
@@ -432,6 +434,67 @@ def test_snakemake_refuses_an_override_it_cannot_honour(
     result = run(bad, workspace, check=False)
     assert result.returncode != 0
     assert "params: pretrain.epochs = 0 is out of range: must be >= 1" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# A seed study: experiments queued and run by DVC, aggregated by `invprop study`
+
+STUDY_SEEDS = (1, 2)
+STUDY_FIGURES = ("knn_clean/features/k20/top1", "linear/top1")
+
+
+@pytest.fixture(scope="module")
+def seed_study(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the DVC workspace, its other experiments removed, in which one experiment
+    per seed was queued (up to evaluate, baseline on) and run by DVC's queue worker."""
+    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "study")
+    run(["dvc", "exp", "remove", "--all-commits"], workspace, check=False)
+    for seed in STUDY_SEEDS:
+        queue = ["dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "evaluate"]
+        run([*queue, "-S", f"seed={seed}"], workspace)
+    run(["dvc", "queue", "start", "--jobs", "1"], workspace)
+    deadline = time.monotonic() + 600
+    while True:  # the worker runs in the background; wait for it to finish both
+        shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+        runs, pending = runs_from_show(shown, "reports/evaluate.json")
+        if not pending.get("queued") and not pending.get("running"):
+            break
+        assert time.monotonic() < deadline, f"the queue did not finish: {pending}"
+        time.sleep(2)
+    assert sorted(r.name for r in runs) == [f"seed{s}" for s in STUDY_SEEDS], pending
+    return workspace
+
+
+def test_seed_study_pairs_invp_with_its_baseline_by_seed(seed_study: Path) -> None:
+    figures = [arg for key in STUDY_FIGURES for arg in ("--figure", key)]
+    result = run([str(BIN / "invprop"), "study", "--json", *figures], seed_study)
+    table = json.loads(result.stdout)
+    assert table["experiments"] == ["seed1", "seed2"] and table["not_finished"] == {}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], seed_study).stdout)
+    runs = {run.seed: run for run in runs_from_show(shown, "reports/evaluate.json")[0]}
+    rows = {(row["figure"], row["variant"]): row for row in table["rows"]}
+    assert set(rows) == {
+        (key, variant) for key in STUDY_FIGURES for variant in ("invp", "instance_discrimination")
+    }
+    for key in STUDY_FIGURES:
+        invp = [runs[s].metrics[f"invp/{key}"] for s in STUDY_SEEDS]
+        base = [runs[s].metrics[f"instance_discrimination/{key}"] for s in STUDY_SEEDS]
+        row = rows[key, "invp"]
+        assert row["seeds"] == list(STUDY_SEEDS)
+        assert row["mean"] == pytest.approx(sum(invp) / 2)
+        diff = [a - b for a, b in zip(invp, base, strict=True)]
+        assert row["difference"]["mean"] == pytest.approx(sum(diff) / 2)
+        if diff[0] != diff[1]:  # else the interval has no width and scipy gives nan
+            interval = stats.ttest_rel(invp, base).confidence_interval(0.95)
+            got = (row["difference"]["low"], row["difference"]["high"])
+            assert got == pytest.approx((interval.low, interval.high))
+        assert rows[key, "instance_discrimination"]["is_baseline"]
+    # `seed` trained another network; data.seed kept the prepared data (and so its splits).
+    assert runs[1].params["data.seed"] == runs[2].params["data.seed"]
+    data = [exp["revs"][0]["data"] for commit in shown for exp in commit.get("experiments") or []]
+    prepared, model = "data/prepared/synthetic", "models/pretrain"
+    assert data[0]["deps"][prepared]["hash"] == data[1]["deps"][prepared]["hash"]
+    assert data[0]["outs"][model]["hash"] != data[1]["outs"][model]["hash"]
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,34 @@ def test_results_table_holds_the_known_numbers(tmp_path):
     assert report.results_table(tmp_path).rows[0] == ["InvP", "81.2", "79.9", "80.5", "85.7"]
 
 
+def test_validation_table_reads_the_val_figures_and_the_report_lists_it(tmp_path):
+    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))
+    assert [t.title for t in report.results_tables(tmp_path)][:2] == [
+        "Representation quality (test, top-1, %)",
+        "Semi-supervised fine-tuning and transfer (test top-1, %)",
+    ]
+    val = {
+        "invp/val/knn_clean/embeddings/k200/top1": 0.9,
+        "invp/val/knn_clean/features/k200/top1": 0.8,
+        "invp/val/knn_bank/k200/top1": 0.7,
+        "invp/val/linear/top1": 0.6,
+        "pixels/val/knn/k200/top1": 0.5,
+        "pixels/val/linear/top1": 0.4,
+    }
+    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE | val))
+    tables = report.results_tables(tmp_path)
+    assert tables[0].rows == report.results_table(tmp_path).rows  # test figures unchanged
+    table = tables[1]
+    assert table.title == "Representation quality (validation part of train, top-1, %)"
+    assert table.rows == [
+        ["InvP", "90.0", "80.0", "70.0", "60.0"],
+        ["Instance discrimination", EVALUATE["instance_discrimination/status"], "–", "–", "–"],
+        ["Random init", "not run (no random_init/ figures in evaluate.json)", "–", "–", "–"],
+        ["Raw pixels", "–", "50.0", "–", "40.0"],
+    ]
+    assert any("Validation: a class-stratified" in note for note in table.notes)
+
+
 def test_percent_formatting():
     assert [report.percent(v) for v in (0.81234, 1, 0.0, 0.99951, None, "x")] == [
         "81.2",

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import exact_table
 
 from invprop import training as train_module
-from invprop.checkpoint import load_checkpoint, save_checkpoint
+from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
 from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
 from invprop.errors import InvpropError
+from invprop.inference import extract
 from invprop.stages.prepare import prepare
 from invprop.training import learning_rate, train
-from invprop.workspace import TrainingRun
+from invprop.workspace import TrainingRun, prepared_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +127,32 @@ def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
     assert (bank["neighbours"] != torch.arange(192).unsqueeze(1)).all()
     loss_tsv = (workdir / "dvclive/pretrain/plots/metrics/loss.tsv").read_text().splitlines()
     assert len(loss_tsv) == 1 + 3
+
+
+@pytest.mark.parametrize("refresh", ["online", "bank", "clean"])
+def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> None:
+    cfg = tiny_config(f"pretrain.table_refresh={refresh}", "pretrain.epochs=2")
+    summary = train(cfg)
+    final = load_checkpoint("models/pretrain/final.pt")
+    assert summary["table_purity"] == [row["table_purity"] for row in final["history"]]
+    table = final["bank"]["neighbours"]
+    prepared = prepared_dataset("synthetic")
+    labels = prepared.train.labels
+    same = (labels[table.numpy()] == labels[:, None]).mean()
+    assert final["history"][-1]["table_purity"] == pytest.approx(same)
+    for row in final["history"]:
+        assert 0 <= row["table_purity"] <= 1
+        assert (row["table_seconds"] > 0) == (refresh != "online")
+    if refresh == "online":
+        return
+    # Rebuilt after the last step, from the final bank or the final network's clean view.
+    if refresh == "bank":
+        source = final["bank"]["vectors"]
+    else:
+        encoder = encoder_from_checkpoint(final, "cpu")[0]
+        _, source = extract(encoder, prepared.train, prepared.meta, cfg, "cpu")
+        source = torch.nn.functional.normalize(source, dim=1)
+    assert table.tolist() == exact_table(source.double().numpy(), 4).tolist()
 
 
 def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Path) -> None:

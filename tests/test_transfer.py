@@ -238,9 +238,10 @@ def test_stage_writes_flat_metrics_and_subsets(workdir):
     for pct, fraction in (("10pct", 0.1), ("50pct", 0.5)):
         subset = np.load(f"artifacts/transfer/subsets/synthetic_{pct}.npy")
         assert subset.dtype == np.int64
-        np.testing.assert_array_equal(subset, balanced_subset(labels, fraction, cfg.seed))
+        np.testing.assert_array_equal(subset, balanced_subset(labels, fraction, cfg.data.seed))
     meta = json.loads(Path("artifacts/transfer/meta.json").read_text())
     assert meta["sizes"] == {"synthetic_10pct": 20, "synthetic_50pct": 100}
+    assert meta["data_seed"] == cfg.data.seed
     assert sorted(p.name for p in Path("artifacts/transfer").iterdir()) == ["meta.json", "subsets"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from invprop import __version__
-from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate
+from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate, study
 from invprop.cli.common import JSON_OPTION, OneLineErrors, command, print_json
 from invprop.logs import setup_logging
 
@@ -52,6 +52,7 @@ app.add_typer(bank.app, name="bank")
 embed.register(app)
 knn.register(app)
 metrics.register(app)
+study.register(app)
 
 
 def _stage_names(incomplete: str = "") -> list[str]:

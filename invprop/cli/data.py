@@ -67,7 +67,7 @@ def show(path: Path = PATH_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
         ("root", info.get("root") or "-"),
         ("sources (sha256)", source_summary or "- (generated)"),
         ("data params hash", info["params"]["data_hash"]),
-        ("seed", info["params"]["seed"]),
+        ("data seed", info["params"]["data_seed"]),
     ]
     if "load" in info:
         rows.insert(3, ("load", info["load"]))

@@ -1,6 +1,6 @@
 """The InvP method core: memory bank, invariance propagation and losses (pure functions)."""
 
-from invprop.method.bank import MemoryBank, knn_table, neighbours_excluding_self
+from invprop.method.bank import MemoryBank, knn_table, neighbours_excluding_self, table_purity
 from invprop.method.loss import (
     BACKGROUND_MODES,
     POSITIVE_MODES,
@@ -47,5 +47,6 @@ __all__ = [
     "propagate_exact",
     "ramp_weight",
     "select_positives",
+    "table_purity",
     "top_background",
 ]

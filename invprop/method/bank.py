@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from invprop.method.loss import bank_similarities
 
-__all__ = ["MemoryBank", "knn_table", "neighbours_excluding_self"]
+__all__ = ["MemoryBank", "knn_table", "neighbours_excluding_self", "table_purity"]
 
 
 def _own_rows(rows: Tensor) -> Tensor:
@@ -76,6 +76,21 @@ def knn_table(
             best_i = merged_i.gather(1, pick)
         out[r0 : r0 + query.shape[0]] = best_i
     return out
+
+
+def table_purity(neighbours: Tensor, labels: Tensor) -> float | None:
+    """Share of a row's filled table entries (not -1) that carry the row's label, averaged
+    over labelled rows (label >= 0) with at least one filled entry; None when there are none.
+
+    neighbours: LongTensor [n, k]; labels: LongTensor [n], on the same device.
+    """
+    valid = neighbours >= 0
+    same = valid & (labels[neighbours.clamp(min=0)] == labels.unsqueeze(1))
+    rows = (labels >= 0) & valid.any(dim=1)
+    if not bool(rows.any()):
+        return None
+    share = same.sum(1).double() / valid.sum(1).clamp(min=1).double()
+    return float(share[rows].mean())
 
 
 class MemoryBank(nn.Module):
@@ -138,7 +153,21 @@ class MemoryBank(nn.Module):
                 f"embeddings shape {tuple(embeddings.shape)} != bank {tuple(self.vectors.shape)}"
             )
         self.vectors.copy_(F.normalize(embeddings.float(), dim=1))
-        self.neighbours.copy_(knn_table(self.vectors, self.k, chunk_size, col_chunk_size))
+        self.rebuild_table(self.vectors, chunk_size, col_chunk_size)
+
+    @torch.no_grad()
+    def rebuild_table(
+        self, vectors: Tensor | None = None, chunk_size: int = 1024, col_chunk_size: int = 65536
+    ) -> None:
+        """Table = exact k-NN of `vectors` [n, d] (default: the bank itself), self excluded.
+
+        The once-per-epoch alternatives to the online refresh (pretrain.table_refresh): the
+        bank against itself, or clean un-augmented embeddings of the current network.
+        """
+        source = self.vectors if vectors is None else vectors
+        if source.shape[0] != self.n:
+            raise ValueError(f"need {self.n} rows to rebuild the table, got {source.shape[0]}")
+        self.neighbours.copy_(knn_table(source, self.k, chunk_size, col_chunk_size))
 
     def similarities(self, embeddings: Tensor) -> Tensor:
         """S = embeddings [B, dim] @ vectors^T in float32 -> [B, n]."""
@@ -156,6 +185,7 @@ class MemoryBank(nn.Module):
         sim: Tensor,
         momentum: float,
         gather: Callable[[Tensor], Tensor] = _own_rows,
+        refresh_table: bool = True,
     ) -> None:
         """Refresh the batch's table rows, then their vectors (call after the losses).
 
@@ -167,12 +197,15 @@ class MemoryBank(nn.Module):
         only the [B, k] table rows travel, never the [B, n] similarities.
         ``indices`` must be distinct (true for a sampler without replacement); with repeats,
         which write wins is undefined. Not checked, since checking would sync the host.
+        ``refresh_table`` False leaves the table alone (it is rebuilt once per epoch instead).
         """
-        top = sim.detach().float().topk(self.k + 1, dim=1).indices
-        rows = gather(neighbours_excluding_self(top, indices, self.k))
+        batch = gather(indices)
+        if refresh_table:
+            top = sim.detach().float().topk(self.k + 1, dim=1).indices
+            rows = gather(neighbours_excluding_self(top, indices, self.k))
+            self.neighbours.index_copy_(0, batch, rows)
         v = gather(F.normalize(embeddings.detach().float(), dim=1))
-        indices = gather(indices)
-        self.neighbours.index_copy_(0, indices, rows)
+        indices = batch
         mixed = momentum * self.vectors.index_select(0, indices) + (1.0 - momentum) * v
         self.vectors.index_copy_(0, indices, F.normalize(mixed, dim=1))
 

@@ -12,6 +12,8 @@ directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
     invp/knn_clean/{embeddings,features}/seconds
     invp/knn_bank/k{K}/{top1,top5}, invp/knn_bank/seconds   memory bank as train set
     invp/linear/{top1,top5,c,seconds,protocol}               linear probe on features
+    invp/val/...                                             the same kNN and L-BFGS probe
+                                                             keys on the validation part
     invp/epoch
     pixels/knn/k{K}/{top1,top5}, pixels/knn/seconds          raw-pixel baseline
     pixels/linear/{top1,top5,c,seconds,protocol}
@@ -24,6 +26,12 @@ directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
 
 `c` is the inverse regularisation the L-BFGS probe chose on held-out train rows (absent
 for protocol sgd_augmented).
+
+Validation: `{name}/val/...` score the held-out validation part of train (a class-stratified
+evaluate.val_fraction of the labelled train rows, drawn with data.seed, so every `seed`
+is scored on the same rows) against the rest of train. Hyper-parameters are chosen on these
+figures; the test figures are reported for the chosen ones. The validation probe is always
+L-BFGS on frozen features (the augmented protocol trains on the whole train split).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from invprop.io import file_sha256
 from invprop.knn_classifier import knn_metrics
 from invprop.linear import lbfgs_probe, linear_metrics, sgd_augmented_probe
 from invprop.logs import get_logger
+from invprop.sampling import holdout_split
 from invprop.workspace import (
     INSTANCE_DISCRIMINATION_EMBEDDINGS,
     INSTANCE_DISCRIMINATION_OFF,
@@ -68,6 +77,7 @@ __all__ = [
     "pixel_metrics",
     "random_init_metrics",
     "run",
+    "validation_rows",
 ]
 
 # The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
@@ -76,6 +86,51 @@ PIXEL_BUDGET_BYTES = 4 << 30
 
 # ---------------------------------------------------------------------------------------
 # Building blocks: each returns flat metrics under a prefix
+
+
+def validation_rows(train_labels: np.ndarray, cfg: Config) -> tuple[Tensor, Tensor]:
+    """(fit, val): row indices of the labelled train rows kept for fitting and of the held-out
+    validation part (class-stratified, evaluate.val_fraction, drawn with data.seed)."""
+    labelled = np.flatnonzero(np.asarray(train_labels) >= 0)
+    fit, val = holdout_split(
+        np.asarray(train_labels)[labelled], cfg.evaluate.val_fraction, cfg.data.seed
+    )
+    return torch.from_numpy(labelled[fit]), torch.from_numpy(labelled[val])
+
+
+def held_out_metrics(
+    prefix: str,
+    train: dict[str, Tensor],
+    train_labels: Tensor,
+    features: Tensor,
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+    queries: dict[str, Tensor] | None = None,
+) -> dict[str, Any]:
+    """kNN of each named train representation and the L-BFGS probe on `features`, scored on
+    the validation rows of train against the fit rows: {prefix}/{kind}/... and
+    {prefix}/linear/... . `queries` replaces a kind's validation rows (the bank kNN scores
+    clean embeddings of the validation images against the bank's fit rows)."""
+    fit, val = validation_rows(train_labels.numpy(), cfg)
+    out: dict[str, Any] = {}
+    for kind, vectors in train.items():
+        query = (queries or {}).get(kind, vectors)
+        out |= knn_metrics(
+            f"{prefix}/{kind}",
+            vectors[fit],
+            train_labels[fit],
+            query[val],
+            train_labels[val],
+            cfg.evaluate.knn_k,
+            cfg.evaluate.knn_temperature,
+            num_classes,
+            device,
+        )
+    result = lbfgs_probe(
+        features[fit], train_labels[fit], features[val], train_labels[val], cfg, num_classes, device
+    )
+    return out | linear_metrics(f"{prefix}/linear", result)
 
 
 def _tensor(array: np.ndarray) -> Tensor:
@@ -125,6 +180,24 @@ def representation_metrics(
             num_classes,
             device,
         )
+    train = {
+        f"knn_clean/{kind}": _tensor(embeddings[f"train_{kind}"])
+        for kind in ("embeddings", "features")
+    }
+    queries = {}
+    if bank is not None:
+        train["knn_bank"] = bank.cpu()
+        queries["knn_bank"] = train["knn_clean/embeddings"]
+    out |= held_out_metrics(
+        f"{name}/val",
+        train,
+        train_y,
+        train["knn_clean/features"],
+        cfg,
+        num_classes,
+        device,
+        queries,
+    )
     if cfg.evaluate.linear.protocol == "sgd_augmented" and encoder_source is not None:
         result = sgd_augmented_probe(encoder_source(), prepared, cfg, device)
     else:
@@ -176,6 +249,9 @@ def pixel_metrics(prepared: Any, cfg: Config, device: torch.device) -> dict[str,
         device,
     )
     result = lbfgs_probe(train_x, train_y, test_x, test_y, cfg, num_classes, device)
+    out |= held_out_metrics(
+        "pixels/val", {"knn": train_x - mean}, train_y, train_x, cfg, num_classes, device
+    )
     if cfg.evaluate.linear.protocol != "lbfgs":
         LOG.info(
             "pixels: the linear probe on pixels always uses L-BFGS (no network to augment for)"

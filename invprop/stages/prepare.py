@@ -74,7 +74,7 @@ def prepare(
         "test": cfg.data.test_limit if main else None,
     }
     native = {"train": len(raw.train), "test": len(raw.test)}
-    splits = {s: _limit(getattr(raw, s), limits[s], cfg.seed) for s in SPLITS}
+    splits = {s: _limit(getattr(raw, s), limits[s], cfg.data.seed) for s in SPLITS}
     for split, data in splits.items():
         if len(data) == 0:
             raise InvpropError(
@@ -95,7 +95,7 @@ def prepare(
             raise InvpropError(
                 f"{name}: train and test images differ in shape; check the raw files"
             )
-    mean, std, stats_note = _channel_stats(splits["train"], shape, cfg.seed)
+    mean, std, stats_note = _channel_stats(splits["train"], shape, cfg.data.seed)
 
     meta: dict[str, Any] = {
         "version": META_VERSION,
@@ -115,7 +115,7 @@ def prepare(
         "sources": [dataclasses.asdict(record) for record in sources],
         "params": {
             "data_hash": cfg.section_hash("data"),
-            "seed": cfg.seed,
+            "data_seed": cfg.data.seed,
             "train_limit": limits["train"],
             "test_limit": limits["test"],
         },

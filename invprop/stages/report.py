@@ -174,11 +174,16 @@ def _knn_k(metrics: dict[str, Any]) -> int | None:
     return 200 if 200 in found else max(found)
 
 
-def results_table(reports_dir: str | Path = REPORTS_DIR, k: int | None = None) -> Table:
+def results_table(
+    reports_dir: str | Path = REPORTS_DIR, k: int | None = None, split: str = "test"
+) -> Table:
     """InvP against its baselines from evaluate.json: test top-1 (%) of weighted kNN on the
     clean train set (head embeddings and backbone features), kNN on the memory bank and the
-    linear probe. A baseline that did not run shows its status ("not run (...)")."""
+    linear probe. A baseline that did not run shows its status ("not run (...)").
+    `split` "val": the same figures on the held-out validation part of train."""
     metrics = _require_evaluate(Path(reports_dir))
+    if split == "val":
+        metrics = _validation_view(metrics)
     k = k or _knn_k(metrics)
     kk = "K" if k is None else f"K={k}"
     columns = [
@@ -208,16 +213,37 @@ def results_table(reports_dir: str | Path = REPORTS_DIR, k: int | None = None) -
             )
         else:
             rows.append([name, *(percent(v) for v in values)])
-    notes = ["Test top-1 accuracy in percent; weighted kNN on L2-normalised vectors."]
+    what = "Test" if split == "test" else "Validation"
+    notes = [f"{what} top-1 accuracy in percent; weighted kNN on L2-normalised vectors."]
     if "invp/epoch" in metrics:
         notes.append(f"InvP is the checkpoint of epoch {metrics['invp/epoch']}.")
-    if "evaluate/test_images" in metrics:
+    if split == "val":
+        notes.append(
+            "Validation: a class-stratified evaluate.val_fraction of the labelled train images "
+            "(drawn with data.seed), scored against the rest of train; choices look here."
+        )
+    elif "evaluate/test_images" in metrics:
         notes.append(
             f"{metrics['evaluate/train_images']} train / {metrics['evaluate/test_images']} test "
             f"images, {metrics.get('evaluate/num_classes', '?')} classes."
         )
     notes.append("Raw pixels: kNN on centred pixels (features column), L-BFGS probe on pixels.")
-    return Table("Representation quality (test top-1, %)", columns, rows, notes)
+    title = "test" if split == "test" else "validation part of train"
+    return Table(f"Representation quality ({title}, top-1, %)", columns, rows, notes)
+
+
+def _validation_view(metrics: dict[str, Any]) -> dict[str, Any]:
+    """evaluate.json with each representation's validation figures ({prefix}/val/...) under
+    the keys of its test figures; statuses and the other keys kept as they are."""
+    prefixes = {prefix for _, prefix in METHODS}
+    view: dict[str, Any] = {}
+    for key, value in metrics.items():
+        prefix, _, rest = key.partition("/")
+        if rest.startswith("val/"):
+            view[f"{prefix}/{rest[4:]}"] = value
+        elif prefix not in prefixes or rest in ("status", "epoch"):
+            view[key] = value
+    return view
 
 
 _TRANSFER_KEY = re.compile(r"(random_init/)?(semi|transfer)/([^/]+)/([^/]+)/(top1|status)")
@@ -321,12 +347,12 @@ def _number(value: Any, style: str) -> str:
 def results_tables(
     reports_dir: str | Path = REPORTS_DIR, dataset: str | None = None
 ) -> list[Table]:
-    """Every table of the report: results, semi-supervised / transfer, stage times."""
-    return [
-        results_table(reports_dir),
-        transfer_table(reports_dir),
-        stage_times_table(reports_dir, dataset),
-    ]
+    """Every table of the report: results on test (and on the validation part of train,
+    when evaluate scored it), semi-supervised / transfer, stage times."""
+    results = [results_table(reports_dir)]
+    if any("/val/" in key for key in _require_evaluate(Path(reports_dir))):
+        results.append(results_table(reports_dir, split="val"))
+    return [*results, transfer_table(reports_dir), stage_times_table(reports_dir, dataset)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ MIN_STEPS_PER_EPOCH = 20
 SUBSET_RULE = (
     "per class floor(fraction * N / C) images (N labelled train images, C classes with a "
     "labelled image), at least 1 and at most the smallest class's count; each class's "
-    "images are a prefix of a permutation seeded by (seed, class), so subsets are nested"
+    "images are a prefix of a permutation seeded by (data.seed, class), so subsets are nested"
 )
 
 
@@ -374,7 +374,7 @@ def transfer(
             "on; set transfer.semi_fractions to []"
         )
     subsets = {
-        f"{cfg.data.name}_{label}": balanced_subset(train_labels, fraction, cfg.seed)
+        f"{cfg.data.name}_{label}": balanced_subset(train_labels, fraction, cfg.data.seed)
         for label, fraction in labels.items()
     }
 
@@ -451,7 +451,7 @@ def run(cfg: Config) -> None:
         subsets,
         {
             "dataset": cfg.data.name,
-            "seed": cfg.seed,
+            "data_seed": cfg.data.seed,
             "fractions": {fraction_label(f): f for f in cfg.transfer.semi_fractions},
             "sizes": {name: int(indices.size) for name, indices in subsets.items()},
             "rule": SUBSET_RULE,
