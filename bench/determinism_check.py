@@ -40,7 +40,7 @@ from invprop.checkpoint import load_checkpoint
 from invprop.io import file_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # one definition of timing
-from run_comparison import TIMING_KEY, without_timing
+from run_comparison import MEASURED_COLUMN, TIMING_KEY, without_timing
 
 BIN = Path(sys.executable).parent
 ARTIFACT_ROOTS = ("data/prepared", "artifacts")
@@ -116,7 +116,7 @@ def without_timing_columns(markdown: str) -> list[str]:
             continue
         cells = line.strip("|").split("|")
         if not timing_columns:  # a table's first row names its columns
-            timing_columns = {i for i, c in enumerate(cells) if TIMING_KEY.search(c.strip())}
+            timing_columns = {i for i, c in enumerate(cells) if MEASURED_COLUMN.search(c.strip())}
             timing_columns = timing_columns or {-1}  # -1: a table with no timing column
         lines.append("|".join("" if i in timing_columns else c for i, c in enumerate(cells)))
     return lines

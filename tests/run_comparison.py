@@ -10,6 +10,8 @@ from typing import Any
 # and memory), and the sha256 of a checkpoint, whose history keeps each epoch's time and
 # images/s for the curves.
 TIMING_KEY = re.compile(r"second|timestamp|elapsed|^footprint$|^checkpoint_sha256$")
+# Columns of the report's tables that hold measurements of a run (its stage times table).
+MEASURED_COLUMN = re.compile(r"second|memory")
 
 
 def without_timing(data: Any) -> Any:
