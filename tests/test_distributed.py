@@ -131,6 +131,7 @@ PARAMS = {
         "threads": 1,
         "lr": 0.05,
     },
+    "embed": {"tags": ["final"]},
 }
 
 
