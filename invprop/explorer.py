@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from invprop.config import Config
 from invprop.errors import InvpropError
@@ -48,15 +52,14 @@ def sample_ids(n: int, count: int, seed: int) -> np.ndarray:
 
 def map_2d(vectors: np.ndarray, seed: int) -> np.ndarray:
     """[m, 2] positions in [0, 1]: t-SNE of the rows (PCA for fewer than 5 rows)."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
     x = np.asarray(vectors, dtype=np.float32)
     if len(x) < 5:
         xy = PCA(n_components=2).fit_transform(x) if len(x) > 2 else np.zeros((len(x), 2))
     else:
         perplexity = min(30.0, (len(x) - 1) / 3)
-        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        # one thread, as the report's maps: sums in a fixed order, the same page every run
+        with threadpool_limits(1):
+            xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     span = np.ptp(xy, axis=0)
     return (xy - xy.min(axis=0)) / np.where(span > 0, span, 1)
 
@@ -89,8 +92,6 @@ def anchor_view(
 
 def sprite_sheet(images: Any, ids: list[int]) -> str:
     """The images `ids` (uint8 [C, H, W] each) as one PNG grid, a data: URI."""
-    from PIL import Image
-
     first = np.asarray(images[ids[0]])
     channels, height, width = first.shape
     rows = -(-len(ids) // SHEET_COLUMNS)

@@ -22,15 +22,22 @@ import torch
 from torch import Tensor
 
 from invprop.augment import center
-from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, training_hash
+from invprop.checkpoint import (
+    checkpoint_preprocessing,
+    encoder_from_checkpoint,
+    load_checkpoint,
+    training_hash,
+)
 from invprop.config import Config
 from invprop.data import convert_channels, decode_batches
+from invprop.data.imagefolder import scan_folder
+from invprop.data.prepared import ImageFiles, Split
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, file_sha256, load_npz, save_npz
 from invprop.logs import get_logger, track
 
 if TYPE_CHECKING:
-    from invprop.data import PreparedDataset, Split
+    from invprop.data import PreparedDataset
     from invprop.models import Encoder
 
 __all__ = [
@@ -239,14 +246,6 @@ def embed_folder(
 
     Returns the meta (checkpoint, its sha256 and epoch, folder, counts, preprocessing).
     """
-    from invprop.checkpoint import (
-        checkpoint_preprocessing,
-        encoder_from_checkpoint,
-        load_checkpoint,
-    )
-    from invprop.data.imagefolder import scan_folder
-    from invprop.data.prepared import ImageFiles, Split
-
     folder = Path(folder)
     state = load_checkpoint(checkpoint)
     pre = checkpoint_preprocessing(state, str(checkpoint))

@@ -87,22 +87,20 @@ class Tags:
         return [tag for tag in self.present() if tag.startswith(incomplete)]
 
 
-GRAPH_TAGS = Tags("GRAPH_DIR")
-PROPAGATION_TAGS = Tags("PROPAGATION_DIR")
-TAG_OPTION = typer.Option(
-    "final",
-    "--tag",
-    parser=GRAPH_TAGS,
-    autocompletion=GRAPH_TAGS.complete,
-    help="Graph tag: final or epoch_NNNN.",
-)
-PROPAGATION_TAG_OPTION = typer.Option(
-    "final",
-    "--tag",
-    parser=PROPAGATION_TAGS,
-    autocompletion=PROPAGATION_TAGS.complete,
-    help="Propagation tag: final or epoch_NNNN.",
-)
+def tag_option(folder: str, what: str) -> Any:
+    """A --tag option (default final) checked and completed against workspace.<folder>."""
+    tags = Tags(folder)
+    return typer.Option(
+        "final",
+        "--tag",
+        parser=tags,
+        autocompletion=tags.complete,
+        help=f"{what} tag: final or epoch_NNNN.",
+    )
+
+
+TAG_OPTION = tag_option("GRAPH_DIR", "Graph")
+PROPAGATION_TAG_OPTION = tag_option("PROPAGATION_DIR", "Propagation")
 PARAMS_OPTION = typer.Option(
     Path("params.yaml"), "--params", help="Params file (propagate.k, hops, n_pos)."
 )
