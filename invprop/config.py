@@ -70,7 +70,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: Literal["small_cnn", "resnet18_cifar", "resnet50"] = "small_cnn"
-    head: Literal["linear", "mlp", "mlp_bn"] = "mlp"
+    # mlp_no_bn: the authors' Linear-ReLU-Linear; mlp_hidden_bn: with a hidden BatchNorm;
+    # mlp_hidden_out_bn: with an output BatchNorm too (invprop.models.build_head).
+    head: Literal["linear", "mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn"] = "mlp_hidden_bn"
     dim: int = _f(128, ge=2, le=4096)
 
 
@@ -89,6 +91,10 @@ class AugmentConfig:
     grayscale_p: float = _f(0.2, ge=0, le=1)
     blur_p: float = _f(0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # Per-channel normalisation constants for the pretraining dataset (one value per
+    # data.channels); null: the prepared data's own mean and std.
+    mean: list[float] | None = None
+    std: list[float] | None = _f(None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,13 @@ class LinearConfig:
     epochs: int = _f(100, ge=1)
     lr: float = _f(30.0, gt=0)
     batch_size: int = _f(256, ge=1)
+    # cosine (per step) or step: lr x lr_decay for every milestone epoch already past.
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: list[int] = _f([], ge=1)
+    lr_decay: float = _f(0.1, gt=0, le=1)
+    # A BatchNorm1d on the frozen features before the linear layer (the authors' ImageNet
+    # probe, models/LinearModelMulti.py).
+    batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -340,6 +353,23 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+# Values whose meaning changed or that were retired: reading one is an error naming its
+# replacement, never a silent reinterpretation.
+RENAMED_VALUES: dict[str, dict[Any, str]] = {
+    "model.head": {
+        "mlp": "'mlp_hidden_bn' (Linear-BN-ReLU-Linear, what 'mlp' was); the authors' head, "
+        "without BatchNorm, is 'mlp_no_bn'",
+        "mlp_bn": "'mlp_hidden_out_bn' (what 'mlp_bn' was: hidden and output BatchNorm)",
+    },
+}
+
+
+def _check_renamed(key: str, value: Any) -> None:
+    renamed = RENAMED_VALUES.get(key, {})
+    if isinstance(value, str) and value in renamed:
+        raise InvpropError(f"params: {key} = {value!r} was renamed: use {renamed[value]}")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -353,6 +383,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     values = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        _check_renamed(key, value)
         coerced = _coerce(key, hints[name], value)
         _check_range(key, coerced, dict(fields[name].metadata))
         values[name] = coerced
@@ -392,6 +423,17 @@ def _validate(cfg: Config) -> None:
     }.items():
         need(0 < low <= high, f"{name} = [{low}, {high}] must satisfy 0 < low <= high")
     need(cfg.augment.crop_scale[1] <= 1, "augment.crop_scale upper bound must be <= 1")
+    a = cfg.augment
+    need(
+        (a.mean is None) == (a.std is None),
+        "augment.mean and augment.std must be set together (or both null for the data's own)",
+    )
+    for name, values in (("augment.mean", a.mean), ("augment.std", a.std)):
+        need(
+            values is None or len(values) == cfg.data.channels,
+            f"{name} has {len(values or [])} values for data.channels = {cfg.data.channels}; "
+            "give one per input channel",
+        )
     largest = max_positives(p.knn_k, p.hops)
     need(
         p.n_pos <= largest,
@@ -432,6 +474,12 @@ def _validate(cfg: Config) -> None:
             "(add the epoch to pretrain.snapshot_epochs to embed a snapshot)",
         )
     need(len(set(cfg.embed.tags)) == len(cfg.embed.tags), "embed.tags has duplicates")
+    lin = cfg.evaluate.linear
+    need(
+        all(m <= lin.epochs for m in lin.milestones),
+        f"evaluate.linear.milestones = {lin.milestones} has epochs past evaluate.linear.epochs "
+        f"= {lin.epochs}; remove them or raise epochs",
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

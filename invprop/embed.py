@@ -49,6 +49,7 @@ __all__ = [
     "embed_checkpoint",
     "extract",
     "inference_autocast",
+    "input_normalisation",
     "load_embeddings",
     "normalisation",
     "resolve_device",
@@ -105,6 +106,16 @@ def normalisation(meta: dict[str, Any], channels: int) -> tuple[list[float], lis
         f"prepared data has {len(mean)}-channel statistics; cannot feed a {channels}-channel "
         "model (only 1 <-> 3 conversions exist)"
     )
+
+
+def input_normalisation(meta: dict[str, Any], cfg: Config) -> tuple[list[float], list[float]]:
+    """The mean/std the network's inputs are normalised with: ``augment.mean``/``std`` when
+    set and `meta` is the pretraining dataset (the authors' fixed CIFAR constants, say), else
+    the prepared data's statistics carried over to ``data.channels`` (`normalisation`)."""
+    a = cfg.augment
+    if a.mean is not None and a.std is not None and meta["dataset"] == cfg.data.name:
+        return list(a.mean), list(a.std)
+    return normalisation(meta, cfg.data.channels)
 
 
 def _uint8_batches(
@@ -165,7 +176,7 @@ def extract(
     out_device = torch.device(out_device)
     batch_size = batch_size or cfg.embed.batch_size
     channels, size = cfg.data.channels, cfg.data.image_size
-    mean, std = normalisation(meta, channels)
+    mean, std = input_normalisation(meta, cfg)
     mean_t = torch.tensor(mean, device=device)
     std_t = torch.tensor(std, device=device)
     n = len(split)

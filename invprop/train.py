@@ -53,7 +53,7 @@ from invprop.distributed import (
     relaunched,
     sync_batchnorm,
 )
-from invprop.embed import extract, normalisation, resolve_device
+from invprop.embed import extract, input_normalisation, resolve_device
 from invprop.errors import InvpropError
 from invprop.io import write_json
 from invprop.knn import knn_accuracy
@@ -288,7 +288,7 @@ def _train(
     bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
     optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
-    mean, std = normalisation(prepared.meta, cfg.data.channels)
+    mean, std = input_normalisation(prepared.meta, cfg)
     augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
 
     previous = resume_state(cfg, out_dir)

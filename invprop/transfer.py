@@ -66,7 +66,7 @@ from invprop.embed import (
     check_compatible,
     extract,
     inference_autocast,
-    normalisation,
+    input_normalisation,
     resolve_device,
 )
 from invprop.errors import InvpropError
@@ -257,7 +257,7 @@ def finetune(
         weight_decay=ft.weight_decay,
         fused=device.type == "cuda",
     )
-    mean, std = normalisation(meta, cfg.data.channels)
+    mean, std = input_normalisation(meta, cfg)
     augment = BatchAugment(FINETUNE_AUGMENT, cfg.data.image_size, mean, std).to(device)
     source = ImageSource(train, cfg.data.channels, device, cfg.pretrain.num_workers)
 

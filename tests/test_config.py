@@ -37,6 +37,22 @@ def test_empty_params_give_defaults() -> None:
     assert config_from_dict({}) == Config()
 
 
+def test_renamed_head_errors_are_one_line_and_name_the_new_value() -> None:
+    for old, new in (("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")):
+        with pytest.raises(InvpropError) as error:
+            config_from_dict({"model": {"head": old}})
+        assert "\n" not in str(error.value) and f"use '{new}'" in str(error.value)
+
+
+def test_explicit_normalisation_needs_one_value_per_channel() -> None:
+    cfg = config_from_dict({"augment": {"mean": [0.5], "std": [0.25]}})
+    assert (cfg.augment.mean, cfg.augment.std) == ([0.5], [0.25])
+    with pytest.raises(InvpropError, match=r"augment\.mean has 3 values for data\.channels = 1"):
+        config_from_dict({"augment": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    with pytest.raises(InvpropError, match=r"augment\.std = \[0\.0\] is out of range"):
+        config_from_dict({"augment": {"mean": [0.5], "std": [0.0]}})
+
+
 def test_exponent_floats_parse_as_numbers() -> None:
     # PyYAML reads 5e-4 as a string; people write it anyway.
     assert config_from_dict({"pretrain": {"weight_decay": "5e-4"}}).pretrain.weight_decay == 5e-4
@@ -70,6 +86,10 @@ def test_override_sets_typed_value() -> None:
         ("transfer.targets=[fashion_mnist]", "transfer.targets contains the pretraining dataset"),
         ("pretrain.ramp_epoch=9", "pretrain.ramp_epoch = 9 >= pretrain.epochs"),
         ("novalue", "must look like key.sub=value"),
+        ("model.head=mlp", "model.head = 'mlp' was renamed: use 'mlp_hidden_bn'"),
+        ("model.head=mlp_bn", "model.head = 'mlp_bn' was renamed: use 'mlp_hidden_out_bn'"),
+        ("augment.mean=[0.5]", "augment.mean and augment.std must be set together"),
+        ("evaluate.linear.milestones=[40, 200]", "evaluate.linear.milestones = [40, 200] has"),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, message: str) -> None:

@@ -48,7 +48,7 @@ def make_config(**sections) -> Config:
             "train_limit": N_TRAIN,
             "test_limit": N_TEST,
         },
-        "model": {"backbone": "small_cnn", "head": "mlp", "dim": 16},
+        "model": {"backbone": "small_cnn", "head": "mlp_hidden_bn", "dim": 16},
         "pretrain": {"device": "cpu", "n_background": 64},
         "embed": {"batch_size": 50},
         "evaluate": {
