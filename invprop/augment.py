@@ -30,8 +30,8 @@ Ops, in this fixed order
    uniform in ``crop_scale``, log aspect ratio uniform in ``log(crop_ratio)``, integer sides
    by rounding, up to 10 attempts until the box fits, else the centre crop; integer offsets).
    Image folders take this crop per image, from the whole decoded image, in the data-loader
-   workers (:func:`crop_image`), and the batch arrives here as ``S x S`` with only the flip
-   left to apply.
+   workers (``invprop.data.tensors.CroppedImageFiles``), and the batch arrives here as
+   ``S x S`` with only the flip left to apply (``BatchAugment(..., crop=False)``).
 2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation, hue, in a
    random order per image as torchvision's ``ColorJitter`` (:func:`color_jitter`). Factors
    are sampled as torchvision does: uniform in ``[max(0, 1 - b), 1 + b]``, hue shift uniform
@@ -488,6 +488,10 @@ def _to_unit_float(images: Tensor) -> Tensor:
 class BatchAugment(nn.Module):
     """The training-time augmentation: ``uint8 [B, C, H, W] -> float32 [B, C, size, size]``.
 
+    ``crop=False``: the batch comes already cropped to ``size x size`` (image folders, whose
+    crops `invprop.data.tensors.CroppedImageFiles` takes in the loader workers from each
+    whole image with the same per-sample boxes); only the flip and the later ops remain.
+
     ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` once moves them next to the
     data and no call ever copies from the host. Shapes and devices follow the input.
 
@@ -501,7 +505,12 @@ class BatchAugment(nn.Module):
     std: Tensor
 
     def __init__(
-        self, config: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float]
+        self,
+        config: AugmentConfig,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop: bool = True,
     ) -> None:
         super().__init__()
         if len(mean) != len(std):
@@ -510,6 +519,7 @@ class BatchAugment(nn.Module):
             raise ValueError(f"size must be >= 1, got {size}")
         self.config = config
         self.size = int(size)
+        self.crop = crop
         self.blur_kernel = blur_kernel_size(self.size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
@@ -537,7 +547,15 @@ class BatchAugment(nn.Module):
             raise ValueError(f"{x.shape[1]}-channel images, {self.mean.numel()}-channel mean/std")
         cfg = self.config
         p = self.params(x, indices.to(x.device), seed, epoch)
-        x = resized_crop(x, p.top, p.left, p.height, p.width, self.size, flip=p.flip)
+        if self.crop:
+            x = resized_crop(x, p.top, p.left, p.height, p.width, self.size, flip=p.flip)
+        elif x.shape[-2:] != (self.size, self.size):
+            raise ValueError(
+                f"crop=False expects batches already cropped to {self.size}x{self.size}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        else:
+            x = torch.where(_per_sample(p.flip), x.flip(-1), x)
 
         if cfg.jitter_p > 0:
             x = torch.where(_per_sample(p.jitter), color_jitter(x, p, cfg), x)

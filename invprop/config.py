@@ -91,6 +91,10 @@ class AugmentConfig:
     grayscale_p: float = _f(0.2, ge=0, le=1)
     blur_p: float = _f(0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # Image folders: images whose shorter side is longer are first resized to it (aspect
+    # ratio kept, the whole image) before the random crop, for speed; null: crop from the
+    # full-resolution image, as the authors do.
+    shorter_side: int | None = _f(None, ge=8)
     # Per-channel normalisation constants for the pretraining dataset (one value per
     # data.channels); null: the prepared data's own mean and std.
     mean: list[float] | None = None

@@ -289,7 +289,9 @@ def _train(
     optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = input_normalisation(prepared.meta, cfg)
-    augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
+    augment = BatchAugment(
+        cfg.augment, cfg.data.image_size, mean, std, crop=not data.crops_in_workers
+    ).to(device)
 
     previous = resume_state(cfg, out_dir)
     if previous is not None:

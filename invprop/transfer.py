@@ -258,8 +258,18 @@ def finetune(
         fused=device.type == "cuda",
     )
     mean, std = input_normalisation(meta, cfg)
-    augment = BatchAugment(FINETUNE_AUGMENT, cfg.data.image_size, mean, std).to(device)
-    source = ImageSource(train, cfg.data.channels, device, cfg.pretrain.num_workers)
+    source = ImageSource(
+        train,
+        cfg.data.channels,
+        device,
+        cfg.pretrain.num_workers,
+        FINETUNE_AUGMENT,
+        cfg.data.image_size,
+        cfg.augment.shorter_side,
+    )
+    augment = BatchAugment(
+        FINETUNE_AUGMENT, cfg.data.image_size, mean, std, crop=not source.crops_in_workers
+    ).to(device)
 
     _, total = finetune_steps(rows.size, ft.epochs, ft.batch_size)
     encoder.train()
@@ -269,7 +279,9 @@ def finetune(
         passes += 1
         order = epoch_batches(rows.size, ft.batch_size, cfg.seed, passes)[: total - step]
         loss_sum.zero_()
-        for images, index in source.batches([rows[batch.numpy()] for batch in order]):
+        for images, index in source.batches(
+            [rows[batch.numpy()] for batch in order], cfg.seed, passes
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(ft.lr, step, total)
             x = augment(images, index, cfg.seed, passes)

@@ -242,6 +242,19 @@ def test_flip_matches_torch_flip():
     torch.testing.assert_close(half, torch.where(flips.view(-1, 1, 1, 1), flipped, plain))
 
 
+def test_precropped_batches_get_the_flip_and_the_rest_unchanged():
+    """crop=False (image folders crop in the loader): the same flips and colour ops as the
+    full augmentation whose crop is the identity."""
+    x, idx = images(12, 3, 24), torch.arange(12)
+    config = dataclasses.replace(EVERYTHING, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    full = aug(config, 24)(x, idx, 3, 2)
+    precropped = BatchAugment(config, 24, MEAN3, STD3, crop=False)(x, idx, 3, 2)
+    torch.testing.assert_close(precropped, full, atol=1e-5, rtol=0)
+    assert sample_params(3, 2, idx, config, 24, 24).flip.any()
+    with pytest.raises(ValueError, match="already cropped to 16x16"):
+        BatchAugment(config, 16, MEAN3, STD3, crop=False)(x, idx, 3, 2)
+
+
 COLOUR_OPS = {
     "brightness": TF.adjust_brightness,
     "contrast": TF.adjust_contrast,

@@ -342,8 +342,28 @@ def test_evaluate_sgd_augmented_protocol(workdir):
     assert "invp/linear/c" not in first
     assert 0 <= first["invp/linear/top1"] <= first["invp/linear/top5"] <= 1
     assert first["invp/linear/top1"] > 0.15  # it learned something (10 classes: chance 0.1)
+    # the authors' figure beside the honest one: the best test epoch, never below the last
+    best = "invp/linear/authors_best_on_test"
+    assert first[f"{best}/top1"] >= first["invp/linear/top1"]
+    assert 1 <= first[f"{best}/epoch"] <= 8 and 0 <= first[f"{best}/top5"] <= 1
     second = evaluate_stage.evaluate(cfg)
     assert second["invp/linear/top1"] == first["invp/linear/top1"]  # seeded
+    assert second[f"{best}/top1"] == first[f"{best}/top1"]
+
+
+def test_sgd_probe_step_schedule_and_batchnorm_run(workdir):
+    linear = {
+        "protocol": "sgd_augmented",
+        "epochs": 3,
+        "lr": 1.0,
+        "batch_size": 16,
+        "schedule": "step",
+        "milestones": [1, 2],
+        "batchnorm": True,
+    }
+    cfg = make_config(evaluate={"linear": linear, "baselines": {"pixels": False}})
+    metrics = evaluate_stage.evaluate(cfg)
+    assert 0 <= metrics["invp/linear/top1"] <= metrics["invp/linear/authors_best_on_test/top1"]
 
 
 # ---------------------------------------------------------------------------------------
