@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export DVC_NO_ANALYTICS := 1
+# Stage commands in dvc.yaml and the Snakefile say `python`: with the venv first on PATH,
+# DVC and Snakemake run them with the interpreter that has invprop, nothing activated.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test lint dataset
@@ -16,7 +19,7 @@ setup: $(STAMP) dataset
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,cpu]'
 	@touch $@
 
 # The embedded default dataset: Debian's package, where apt is usable (root, or sudo).

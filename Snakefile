@@ -1,8 +1,30 @@
 # The invprop pipeline for Snakemake: the same stages, commands, inputs, outputs and
 # params as dvc.yaml (tests/test_pipeline_dag.py proves it).
-#   snakemake --cores 2                                   # everything
-#   snakemake --cores 2 --workflow-profile profiles/local  # without mtime reruns
+#   snakemake --cores 2                                          # everything
+#   snakemake --workflow-profile profiles/local                  # all cores, failed logs shown
+#   snakemake --cores 2 --config 'pretrain={epochs: 8}'          # one override
+#   snakemake --cores 2 --configfile presets/ablation-concat.yaml
+# Every job writes its output to logs/<job>.log. Wall time and peak memory go into each
+# stage's reports/<stage>.json, written by the stage itself for both orchestrators: a
+# `benchmark:` file would be an output to Snakemake, so every workspace DVC built would look
+# incomplete to it (and --touch does not create one).
+from snakemake.utils import min_version
+
+from invprop.config import config_from_dict, restore_types, save_params
+
+min_version("9.0")
+
+
 configfile: "params.yaml"
+
+
+# Overrides (--config, --configfile) change `config`, while the stages read a params file.
+# So the resolved config, typed again (--config reads nested values as strings) and
+# validated, is written to one file that every command passes with --params, and the rules
+# track its values: each job computes with exactly the params Snakemake records.
+RESOLVED = config_from_dict(restore_types(config))
+config.update(RESOLVED.to_dict())
+PARAMS = save_params(RESOLVED, ".snakemake/invprop/params.yaml")
 
 DATA = config["data"]["name"]
 TARGETS = config["transfer"]["targets"]
@@ -28,6 +50,15 @@ def one_of(names):
     return "|".join(names) or "^$"
 
 
+# Light rules run on the submitting machine, never queued as cluster jobs.
+localrules:
+    all,
+    prepare,
+    prepare_target,
+    propagate,
+    report,
+
+
 rule all:
     input:
         PREPARED,
@@ -43,19 +74,23 @@ rule prepare:
     input:
         "stages/prepare.py",
         "invprop/data",
+        "invprop/io.py",
     output:
         directory(PREPARED),
         f"reports/prepare_{DATA}.json",
     params:
         tracked=tracked("seed", "data"),
+    log:
+        "logs/prepare.log",
     shell:
-        "python stages/prepare.py {DATA}"
+        "python stages/prepare.py {DATA} --params {PARAMS} > {log} 2>&1"
 
 
 rule prepare_target:
     input:
         "stages/prepare.py",
         "invprop/data",
+        "invprop/io.py",
     output:
         directory("data/prepared/{target}"),
         "reports/prepare_{target}.json",
@@ -63,18 +98,25 @@ rule prepare_target:
         target=one_of(TARGETS),
     params:
         tracked=tracked("seed", "data.image_size", "data.channels", "data.download", "transfer.roots"),
+    log:
+        "logs/prepare_target_{target}.log",
     shell:
-        "python stages/prepare.py {wildcards.target}"
+        "python stages/prepare.py {wildcards.target} --params {PARAMS} > {log} 2>&1"
 
 
 rule pretrain:
     input:
         "stages/pretrain.py",
-        "invprop/train.py",
-        "invprop/data/loader.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/method",
         "invprop/models.py",
-        "invprop/augment.py",
+        "invprop/train.py",
         PREPARED,
     output:
         # update(): kept between runs, so training resumes from last.pt.
@@ -86,8 +128,10 @@ rule pretrain:
     resources:
         gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/pretrain.log",
     shell:
-        "python stages/pretrain.py"
+        "python stages/pretrain.py --params {PARAMS} > {log} 2>&1"
 
 
 # The baseline InvP is measured against: the same recipe with pretrain.invp false.
@@ -95,13 +139,17 @@ rule pretrain:
 rule instance_discrimination:
     input:
         "stages/instance_discrimination.py",
+        "invprop/augment.py",
         "invprop/baseline.py",
-        "invprop/train.py",
-        "invprop/data/loader.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/method",
         "invprop/models.py",
-        "invprop/augment.py",
-        "invprop/embed.py",
+        "invprop/train.py",
         PREPARED,
     output:
         update(directory("models/instance_discrimination")),
@@ -121,14 +169,21 @@ rule instance_discrimination:
     resources:
         gpu=TRAINING_GPUS,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/instance_discrimination.log",
     shell:
-        "python stages/instance_discrimination.py"
+        "python stages/instance_discrimination.py --params {PARAMS} > {log} 2>&1"
 
 
 rule embed:
     input:
         "stages/embed.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
         "invprop/embed.py",
+        "invprop/io.py",
+        "invprop/models.py",
         "models/pretrain",
         PREPARED,
     output:
@@ -141,14 +196,22 @@ rule embed:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/embed_{tag}.log",
     shell:
-        "python stages/embed.py {wildcards.tag}"
+        "python stages/embed.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule graph:
     input:
         "stages/graph.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
         "invprop/graph.py",
+        "invprop/io.py",
+        "invprop/models.py",
         "invprop/neighbours.py",
         "artifacts/embeddings/{tag}",
     output:
@@ -159,13 +222,24 @@ rule graph:
     params:
         tracked=tracked("seed", "graph", "propagate.k"),
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/graph_{tag}.log",
     shell:
-        "python stages/graph.py {wildcards.tag}"
+        "python stages/graph.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule propagate:
     input:
         "stages/propagate.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
+        "invprop/graph.py",
+        "invprop/io.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/neighbours.py",
         "invprop/propagation.py",
         "artifacts/graph/{tag}",
         "artifacts/embeddings/{tag}",
@@ -179,16 +253,28 @@ rule propagate:
     params:
         tracked=tracked("propagate"),
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/propagate_{tag}.log",
     shell:
-        "python stages/propagate.py {wildcards.tag}"
+        "python stages/propagate.py {wildcards.tag} --params {PARAMS} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         "stages/evaluate.py",
+        "invprop/augment.py",
+        "invprop/baseline.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
         "invprop/evaluate.py",
+        "invprop/io.py",
         "invprop/knn.py",
         "invprop/linear.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/train.py",
         "artifacts/embeddings/final",
         "models/pretrain",
         "artifacts/embeddings/instance_discrimination",
@@ -201,16 +287,29 @@ rule evaluate:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/evaluate.log",
     shell:
-        "python stages/evaluate.py"
+        "python stages/evaluate.py --params {PARAMS} > {log} 2>&1"
 
 
 rule transfer:
     input:
         "stages/transfer.py",
-        "invprop/transfer.py",
+        "invprop/augment.py",
+        "invprop/baseline.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/distributed.py",
+        "invprop/embed.py",
+        "invprop/evaluate.py",
+        "invprop/io.py",
+        "invprop/knn.py",
         "invprop/linear.py",
-        "invprop/data/loader.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/train.py",
+        "invprop/transfer.py",
         "models/pretrain",
         PREPARED,
         expand("data/prepared/{target}", target=TARGETS),
@@ -232,15 +331,27 @@ rule transfer:
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
+    log:
+        "logs/transfer.log",
     shell:
-        "python stages/transfer.py"
+        "python stages/transfer.py --params {PARAMS} > {log} 2>&1"
 
 
 rule report:
     input:
         "stages/report.py",
-        "invprop/report.py",
+        "invprop/augment.py",
+        "invprop/checkpoint.py",
+        "invprop/data",
+        "invprop/embed.py",
+        "invprop/graph.py",
         "invprop/inspect.py",
+        "invprop/io.py",
+        "invprop/method",
+        "invprop/models.py",
+        "invprop/neighbours.py",
+        "invprop/propagation.py",
+        "invprop/report.py",
         "reports/evaluate.json",
         "reports/transfer.json",
         "reports/pretrain.json",
@@ -255,6 +366,7 @@ rule report:
         PREPARED,
     output:
         report("reports/report.md", category="Report"),
+        "reports/report.json",
         report(
             directory("reports/figures"),
             patterns=["{name}.png"],
@@ -263,5 +375,7 @@ rule report:
         ),
     params:
         tracked=tracked("seed", "data.name", "propagate", "report"),
+    log:
+        "logs/report.log",
     shell:
-        "python stages/report.py"
+        "python stages/report.py --params {PARAMS} > {log} 2>&1"

@@ -126,7 +126,7 @@ class PretrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
-    snapshot_epochs: list[int] = _f([], ge=1)
+    snapshot_epochs: list[int] = _f([2], ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = _f(None, ge=1)
     num_workers: int = _f(0, ge=0)
@@ -138,7 +138,7 @@ class PretrainConfig:
 class EmbedConfig:
     batch_size: int = _f(512, ge=1)
     # "final" and/or "epoch_NNNN" for snapshots listed in pretrain.snapshot_epochs.
-    tags: list[str] = _f(["final"])
+    tags: list[str] = _f(["final", "epoch_0002"])
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,9 @@ class PropagateConfig:
 class LinearConfig:
     protocol: Literal["lbfgs", "sgd_augmented"] = "lbfgs"
     # Inverse-regularisation grid searched on a held-out part of the train split.
-    c_grid: list[float] = _f([0.01, 0.1, 1.0], gt=0)
+    c_grid: list[float] = _f([0.1, 1.0], gt=0)
     val_fraction: float = _f(0.1, gt=0, lt=1)
-    max_iter: int = _f(200, ge=1)
+    max_iter: int = _f(100, ge=1)
     # Only for protocol sgd_augmented (the authors' linear evaluation).
     epochs: int = _f(100, ge=1)
     lr: float = _f(30.0, gt=0)
@@ -197,7 +197,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = _f(5, ge=1)
-    lr: float = _f(0.05, gt=0)
+    lr: float = _f(0.2, gt=0)
     batch_size: int = _f(128, ge=1)
     weight_decay: float = _f(5e-4, ge=0)
 
@@ -486,6 +486,56 @@ def _validate(cfg: Config) -> None:
     )
 
 
+def _takes_strings(tp: Any) -> bool:
+    """Whether a value of type `tp` may be a string, so a string given for it stays one."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(arg, str) for arg in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return any(_takes_strings(arg) for arg in typing.get_args(tp))
+    return tp is str
+
+
+def _restore(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return restore_types(value, tp)
+    if isinstance(value, str) and not _takes_strings(tp):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # validation then names the key and what it expects
+    if isinstance(value, list) and typing.get_origin(tp) in (list, tuple):
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple:
+            return [_restore(arg, item) for arg, item in zip(args, value, strict=False)]
+        return [_restore(args[0], item) for item in value]
+    return value
+
+
+def restore_types(data: dict[str, Any], cls: type = Config) -> dict[str, Any]:
+    """`data` with each string that stands for a non-string value read as YAML.
+
+    Snakemake's `--config` reads nested values as strings (`pretrain={epochs: 8}` gives
+    epochs '8'); typed again here, they reach the stages as Snakemake records them.
+    Unknown keys pass through, for validation to name.
+    """
+    hints = typing.get_type_hints(cls)
+    return {key: _restore(hints[key], v) if key in hints else v for key, v in data.items()}
+
+
+def save_params(cfg: Config, path: str | Path) -> Path:
+    """Write `cfg` as a complete params file, atomically; left untouched when it already
+    holds exactly this (so its time stamp moves only when the params do)."""
+    from invprop.io import atomic_file
+
+    path = Path(path)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if not (path.is_file() and path.read_text() == text):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and YAML-parsed value."""
     key, sep, raw = text.partition("=")
@@ -510,14 +560,20 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `overlay` merged in: mappings merge key by key, other values replace."""
-    merged = dict(base)
+def merge_in_place(node: Any, overlay: dict[str, Any]) -> None:
+    """Merge `overlay` into the mapping `node`: non-empty mappings merge key by key; any
+    other value, an empty mapping included, replaces what was there."""
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict) and value and isinstance(node.get(key), dict):
+            merge_in_place(node[key], value)
         else:
-            merged[key] = value
+            node[key] = value
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `overlay` merged in (see merge_in_place)."""
+    merged = json.loads(json.dumps(base))
+    merge_in_place(merged, json.loads(json.dumps(overlay)))
     return merged
 
 
@@ -554,11 +610,26 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Sequence[str
     return config_from_dict(read_yaml_mapping(path, "params file"), overrides)
 
 
-def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
+@dataclass(frozen=True)
+class PresetApplied:
+    """What `apply_preset` did: the new config, the values it changed (old, new), and the
+    values it left as they were although they differ from the defaults (earlier changes,
+    e.g. another preset's keys that this one does not set)."""
+
+    config: Config
+    changed: dict[str, tuple[Any, Any]]
+    kept: dict[str, tuple[Any, Any]]
+
+
+def apply_preset(
+    params_path: str | Path, preset_path: str | Path, fresh: bool = False
+) -> PresetApplied:
     """Merge a preset (a partial params file) into `params_path`, keeping its comments.
 
-    The merged result is validated before the file is rewritten (atomically), so a bad
-    preset never leaves a broken params.yaml behind.
+    `fresh`: reset every value to its default first, so the result is exactly the defaults
+    plus the preset, whatever earlier changes params.yaml held. The merged result is
+    validated before the file is rewritten (atomically), so a bad preset never leaves a
+    broken params.yaml behind.
     """
     from ruamel.yaml import YAML
 
@@ -567,7 +638,9 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
     params_path = Path(params_path)
     preset = read_yaml_mapping(preset_path, "preset")
     base = read_yaml_mapping(params_path, "params file") if params_path.exists() else {}
-    cfg = config_from_dict(deep_merge(base, preset))
+    before = config_from_dict(base)
+    start = Config().to_dict() if fresh else base
+    cfg = config_from_dict(deep_merge(start, preset))
 
     rt = YAML()
     rt.preserve_quotes = True
@@ -576,33 +649,36 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> Config:
     if document is None:
         document = {}
 
-    def merge_into(node: Any, overlay: dict[str, Any]) -> None:
-        for key, value in overlay.items():
-            if isinstance(value, dict) and isinstance(node.get(key), dict):
-                merge_into(node[key], value)
-            else:
-                node[key] = value
-
-    merge_into(document, preset)
+    if fresh:
+        merge_in_place(document, Config().to_dict())
+    merge_in_place(document, preset)
     buffer = io.StringIO()
     rt.dump(document, buffer)
     with atomic_file(params_path) as tmp:
         tmp.write_text(buffer.getvalue())
-    return cfg
+    set_by_preset = set(flat_keys(preset))
+    kept = {
+        key: values
+        for key, values in config_diff(Config(), cfg).items()
+        if key not in set_by_preset and not any(key.startswith(k + ".") for k in set_by_preset)
+    }
+    return PresetApplied(cfg, config_diff(before, cfg), kept)
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested params mapping as {dotted key: leaf value} (an empty mapping is a leaf)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_keys(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
 def config_diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     """Keys (dotted) whose values differ between two configs, with both values."""
 
-    def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and value:
-                out.update(flatten(value, dotted + "."))
-            else:
-                out[dotted] = value
-        return out
-
-    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    fa, fb = flat_keys(a.to_dict()), flat_keys(b.to_dict())
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
@@ -30,6 +35,44 @@ STAGES: dict[str, str] = {
 }
 
 
+# Stages that run once per dataset or tag, named by their first argument.
+PER_ITEM_STAGES = ("prepare", "embed", "graph", "propagate")
+
+
+def stage_report(name: str, args: Sequence[str] = ()) -> Path:
+    """The `reports/*.json` of one run of stage `name`, e.g. reports/embed_final.json."""
+    item = f"_{args[0]}" if name in PER_ITEM_STAGES and args else ""
+    return Path("reports") / f"{name}{item}.json"
+
+
+def footprint(wall_seconds: float) -> dict[str, float]:
+    """Wall and CPU time and peak memory of this process and the processes it waited for
+    (the torchrun ranks of a relaunched stage), and the peak GPU memory torch allocated."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    measured = {
+        "wall_seconds": round(wall_seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        "peak_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1),  # KiB on Linux
+    }
+    torch = sys.modules.get("torch")  # only when the stage used it; never imported here
+    if torch is not None and torch.cuda.is_initialized():
+        measured["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return measured
+
+
+def record_footprint(report: Path, measured: dict[str, float]) -> None:
+    """Add `measured` to the stage's report under "footprint" (creating the report when the
+    stage writes none). Under torchrun only rank 0 writes."""
+    from invprop.io import write_json
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    data: dict[str, Any] = json.loads(report.read_text()) if report.is_file() else {}
+    write_json(report, data | {"footprint": measured})
+
+
 def stage_function(name: str) -> Callable[..., None]:
     """Import and return the function of stage `name`."""
     if name not in STAGES:
@@ -39,11 +82,14 @@ def stage_function(name: str) -> Callable[..., None]:
 
 
 def run_stage(name: str, cfg: Config, args: Sequence[str] = ()) -> float:
-    """Run stage `name` with a validated config; return its wall time in seconds."""
+    """Run stage `name` with a validated config, record its footprint in its report, and
+    return its wall time in seconds."""
     function = stage_function(name)
     start = time.perf_counter()
     function(cfg, *args)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    record_footprint(stage_report(name, args), footprint(seconds))
+    return seconds
 
 
 def main(name: str, argv: Sequence[str] | None = None) -> int:

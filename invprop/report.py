@@ -265,14 +265,10 @@ def transfer_table(reports_dir: str | Path = REPORTS_DIR) -> Table:
     return Table(title, ["setting", *(f"{p} ({net})" for p, net in order)], rows, notes)
 
 
-def _seconds(data: dict[str, Any], stage: str) -> Any:
-    return data.get("seconds", data.get(f"{stage}/seconds"))
-
-
 def stage_times_table(reports_dir: str | Path = REPORTS_DIR, dataset: str | None = None) -> Table:
-    """Wall time of each stage that leads to the final results, from its reports/*.json
-    (`seconds`, or `<stage>/seconds` in evaluate.json and transfer.json). `dataset`: the
-    prepared dataset whose report to show (None: every prepare_*.json)."""
+    """Wall time and peak memory of each stage that leads to the final results, from the
+    footprint each stage run records in its reports/*.json. `dataset`: the prepared dataset
+    whose report to show (None: every prepare_*.json)."""
     reports_dir = Path(reports_dir)
     if dataset is None:
         names = sorted(p.stem for p in reports_dir.glob("prepare_*.json"))
@@ -284,19 +280,24 @@ def stage_times_table(reports_dir: str | Path = REPORTS_DIR, dataset: str | None
         stage = name.split("_")[0]
         data = _read_optional(reports_dir / f"{name}.json")
         if data is None:
-            rows.append([stage, f"{name}.json", "not run", DASH])
+            rows.append([stage, f"{name}.json", "not run", DASH, DASH])
             continue
-        seconds = _seconds(data, stage)
+        measured = data.get("footprint", {})
         device = data.get("device", data.get(f"{stage}/device"))
         rows.append(
             [
                 stage,
                 f"{name}.json",
-                f"{seconds:.1f}" if isinstance(seconds, int | float) else DASH,
+                _number(measured.get("wall_seconds"), "{:.1f}"),
+                _number(measured.get("peak_rss_mb"), "{:,.0f}"),
                 DASH if device is None else str(device),
             ]
         )
-    return Table("Stage times", ["stage", "report", "seconds", "device"], rows)
+    return Table("Stage times", ["stage", "report", "seconds", "peak memory (MB)", "device"], rows)
+
+
+def _number(value: Any, style: str) -> str:
+    return style.format(value) if isinstance(value, int | float) else DASH
 
 
 def results_tables(

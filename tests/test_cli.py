@@ -49,6 +49,17 @@ def test_params_diff_and_apply(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "2 value(s) changed" in result.output
     assert yaml.safe_load(params.read_text())["pretrain"] == {"epochs": 9, "invp": False}
 
+    second = tmp_path / "second.yaml"
+    second.write_text("pretrain:\n  lr: 0.5\n")
+    result = invoke("params", "apply", str(second), "--params", str(params), "--json")
+    assert json.loads(result.output) == {
+        "changed": {"pretrain.lr": {"old": 0.03, "new": 0.5}},
+        "kept": {"pretrain.epochs": 9, "pretrain.invp": False},
+    }
+    result = invoke("params", "apply", str(second), "--params", str(params), "--fresh")
+    assert result.exit_code == 0, result.output
+    assert "pretrain.epochs: 9 -> 4" in result.output and "kept" not in result.output
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -83,3 +94,21 @@ def test_stage_runs_the_pipeline_function(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "data/prepared/synthetic/meta.json").read_text())
     assert meta["counts"] == {"train": 30, "test": 10}
+    footprint = json.loads((tmp_path / "reports/prepare_synthetic.json").read_text())["footprint"]
+    assert set(footprint) == {"wall_seconds", "cpu_seconds", "peak_rss_mb"}
+    assert 0 < footprint["wall_seconds"] < 600 and footprint["peak_rss_mb"] > 10
+
+
+def test_a_stage_without_its_own_report_gets_one_for_its_footprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invprop import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setitem(pipeline.STAGES, "report", "builtins:id")  # a stage that writes nothing
+    assert pipeline.stage_report("report") == Path("reports/report.json")
+    assert pipeline.stage_report("embed", ["epoch_0002"]) == Path("reports/embed_epoch_0002.json")
+    assert pipeline.main("report", []) == 0
+    written = json.loads((tmp_path / "reports/report.json").read_text())
+    assert set(written) == {"footprint"} and written["footprint"]["wall_seconds"] >= 0

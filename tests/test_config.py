@@ -15,8 +15,11 @@ from invprop.config import (
     config_diff,
     config_from_dict,
     deep_merge,
+    flat_keys,
     load_config,
     max_positives,
+    restore_types,
+    save_params,
 )
 from invprop.errors import InvpropError
 
@@ -124,7 +127,11 @@ def test_integer_keys_reject_anything_but_positive_integers(value: object) -> No
         config_from_dict({"pretrain": {"batch_size": value}})
 
 
-@given(epochs=st.integers(1, 1000), lr=st.floats(1e-6, 10), seed=st.integers(0, 2**31))
+@given(
+    epochs=st.integers(2, 1000),  # the default snapshot is at epoch 2
+    lr=st.floats(1e-6, 10),
+    seed=st.integers(0, 2**31),
+)
 def test_overrides_round_trip_through_to_dict(epochs: int, lr: float, seed: int) -> None:
     cfg = config_from_dict({}, [f"pretrain.epochs={epochs}", f"pretrain.lr={lr!r}", f"seed={seed}"])
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -136,7 +143,7 @@ def test_apply_preset_merges_validates_and_keeps_comments(tmp_path: Path) -> Non
     params.write_text("# top comment\npretrain:\n  epochs: 3  # short\n  lr: 0.1\n")
     preset = tmp_path / "preset.yaml"
     preset.write_text("pretrain:\n  epochs: 9\nmodel:\n  backbone: resnet18_cifar\n")
-    cfg = apply_preset(params, preset)
+    cfg = apply_preset(params, preset).config
     text = params.read_text()
     assert "# top comment" in text and "# short" in text
     assert (cfg.pretrain.epochs, cfg.pretrain.lr, cfg.model.backbone) == (9, 0.1, "resnet18_cifar")
@@ -165,3 +172,78 @@ def test_section_hash_changes_only_with_its_section() -> None:
     assert a.section_hash("data") != config_from_dict({}, ["data.image_size=32"]).section_hash(
         "data"
     )
+
+
+def test_params_yaml_restates_exactly_the_defaults() -> None:
+    # Defaults live in config.py; params.yaml lists every key (DVC tracks them there) with
+    # the same values, so a preset's diff against it is the preset alone.
+    text = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert load_config(ROOT / "params.yaml") == Config()
+    assert sorted(flat_keys(text)) == sorted(flat_keys(Config().to_dict()))
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_preset_diff_shows_only_the_keys_it_sets(preset: Path) -> None:
+    set_here = flat_keys(yaml.safe_load(preset.read_text()))
+    changed = config_diff(load_config(ROOT / "params.yaml"), load_config(preset))
+    assert changed
+    assert set(changed) <= set(set_here), set(changed) - set(set_here)
+
+
+def test_stacked_presets_report_kept_values_and_fresh_resets_them(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    first = tmp_path / "first.yaml"
+    first.write_text("pretrain:\n  warmup_epochs: 2\n  lr: 0.1\n")
+    second = tmp_path / "second.yaml"
+    second.write_text("pretrain:\n  lr: 0.5\n")
+    apply_preset(params, first)
+    stacked = apply_preset(params, second)
+    assert stacked.changed == {"pretrain.lr": (0.1, 0.5)}
+    assert stacked.kept == {"pretrain.warmup_epochs": (0, 2)}
+    assert load_config(params).pretrain.warmup_epochs == 2
+
+    apply_preset(params, first)
+    fresh = apply_preset(params, second, fresh=True)
+    assert fresh.kept == {}
+    assert fresh.changed == {"pretrain.lr": (0.1, 0.5), "pretrain.warmup_epochs": (2, 0)}
+    assert load_config(params) == config_from_dict({"pretrain": {"lr": 0.5}})
+    assert "# invprop params" in params.read_text()  # comments survive the reset
+
+
+def test_an_empty_mapping_replaces_rather_than_merges() -> None:
+    base = {"transfer": {"roots": {"svhn": "/a"}, "targets": ["digits"]}}
+    assert deep_merge(base, {"transfer": {"roots": {}}}) == {
+        "transfer": {"roots": {}, "targets": ["digits"]}
+    }
+
+
+def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:
+    # What Snakemake's --config 'pretrain={epochs: 8, ...}' delivers: every scalar a string.
+    given = {
+        "seed": "3",
+        "data": {"root": "123", "train_limit": "10000", "name": "digits"},
+        "pretrain": {"epochs": "8", "lr": "0.1", "invp": "false", "precision": "fp32"},
+        "augment": {"crop_scale": ["0.3", "1.0"]},
+        "evaluate": {"knn_k": ["20", "1"]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",
+    }
+    assert restore_types(given) == {
+        "seed": 3,
+        "data": {"root": "123", "train_limit": 10000, "name": "digits"},  # root is a string
+        "pretrain": {"epochs": 8, "lr": 0.1, "invp": False, "precision": "fp32"},
+        "augment": {"crop_scale": [0.3, 1.0]},
+        "evaluate": {"knn_k": [20, 1]},
+        "embed": {"tags": ["final"]},
+        "bogus": "1",  # unknown: left for validation to name
+    }
+
+
+def test_save_params_writes_a_loadable_file_only_when_it_changes(tmp_path: Path) -> None:
+    cfg = config_from_dict({}, ["pretrain.epochs=9"])
+    path = save_params(cfg, tmp_path / "deep" / "params.yaml")
+    assert load_config(path) == cfg
+    before = path.stat().st_mtime_ns
+    save_params(cfg, path)
+    assert path.stat().st_mtime_ns == before

@@ -404,6 +404,36 @@ def test_snakemake_has_nothing_to_do_after_a_dvc_run(dvc_run: DvcRun) -> None:
     assert "Nothing to be done" in dry.stdout
 
 
+def test_snakemake_jobs_compute_with_the_overrides_it_records(
+    pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--config reads nested values as strings; the job still trains for the integer number
+    of epochs given, reads it from the params file Snakemake wrote, and tracks it: without
+    the override the rule is due again."""
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_override")
+    override = ["--config", "pretrain={epochs: 1, lr: 0.05}"]
+    run(["snakemake", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    assert json.loads((workspace / "reports/pretrain.json").read_text())["epochs"] == 1
+    resolved = yaml.safe_load((workspace / ".snakemake/invprop/params.yaml").read_text())
+    assert (resolved["pretrain"]["epochs"], resolved["pretrain"]["lr"]) == (1, 0.05)
+    assert "invprop pretrain: done" in (workspace / "logs/pretrain.log").read_text()
+
+    again = run(["snakemake", "-n", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    plain = run(["snakemake", "-n", "--cores", "1", "reports/pretrain.json"], workspace)
+    assert "pretrain" in planned_rules(plain.stdout), plain.stdout[-3000:]
+
+
+def test_snakemake_refuses_an_override_it_cannot_honour(
+    pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_refused")
+    bad = ["snakemake", "-n", "--cores", "1", "--config", "pretrain={epochs: 0}"]
+    result = run(bad, workspace, check=False)
+    assert result.returncode != 0
+    assert "params: pretrain.epochs = 0 is out of range: must be >= 1" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def handed_over(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the DVC workspace after `snakemake --touch --forceall`: Snakemake records

@@ -13,6 +13,9 @@ from dvc_pipeline import dvc_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The one documented difference between the two commands: Snakemake passes the params file
+# it resolved (overrides included) and sends the output to the job's log.
+SNAKEMAKE_SUFFIX = re.compile(r" --params \.snakemake/invprop/params\.yaml > logs/\S+\.log 2>&1$")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def snakemake_stages() -> dict[str, Stage]:
         wildcards = [value.split("=", 1)[1] for value in field("wildcards")]
         name = "@".join([head.group(1), *wildcards])
         cmd = re.search(r"^Shell command: (.*)$", block, re.MULTILINE).group(1)
+        assert SNAKEMAKE_SUFFIX.search(cmd), cmd
+        cmd = SNAKEMAKE_SUFFIX.sub("", cmd)
         # DVC's `persist: true` is Snakemake's update() flag, printed as "path (update)".
         outs = {
             (re.sub(r" \(update\)$", "", out), out.endswith(" (update)")) for out in field("output")

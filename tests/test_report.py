@@ -121,7 +121,13 @@ def base(tmp_path_factory):
             propagation.run(cfg, "final")
         Path("reports/evaluate.json").write_text(json.dumps(EVALUATE))
         Path("reports/pretrain.json").write_text(
-            json.dumps({"epochs": 3, "seconds": 42.25, "device": "cpu"})
+            json.dumps(
+                {
+                    "epochs": 3,
+                    "device": "cpu",
+                    "footprint": {"wall_seconds": 42.25, "peak_rss_mb": 900},
+                }
+            )
         )
         Path("reports/embed_final.json").write_text(json.dumps({"seconds": 3.0, "device": "cpu"}))
         write_tsv("loss", [9.1, 8.2, 7.4])
@@ -245,16 +251,19 @@ def test_transfer_table_pivots_settings_and_protocols(tmp_path):
     assert "- Random init baseline: not run" in table.markdown()
 
 
-def test_stage_times_table_reads_each_stage_report(tmp_path):
-    (tmp_path / "prepare_digits.json").write_text(json.dumps({"seconds": 0.456}))
-    (tmp_path / "pretrain.json").write_text(json.dumps({"seconds": 42.25, "device": "cuda"}))
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))
+def test_stage_times_table_reads_each_stage_footprint(tmp_path):
+    def footprint(seconds: float, mb: float) -> dict:
+        return {"footprint": {"wall_seconds": seconds, "cpu_seconds": 1.0, "peak_rss_mb": mb}}
+
+    (tmp_path / "prepare_digits.json").write_text(json.dumps(footprint(0.456, 181.9)))
+    (tmp_path / "pretrain.json").write_text(json.dumps(footprint(42.25, 2048) | {"device": "cuda"}))
+    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))  # no footprint recorded
     table = report.stage_times_table(tmp_path, "digits")
     rows = {row[1]: row for row in table.rows}
-    assert rows["prepare_digits.json"] == ["prepare", "prepare_digits.json", "0.5", "–"]
-    assert rows["pretrain.json"] == ["pretrain", "pretrain.json", "42.2", "cuda"]
-    assert rows["evaluate.json"] == ["evaluate", "evaluate.json", "12.3", "cpu"]
-    assert rows["transfer.json"] == ["transfer", "transfer.json", "not run", "–"]
+    assert rows["prepare_digits.json"] == ["prepare", "prepare_digits.json", "0.5", "182", "–"]
+    assert rows["pretrain.json"] == ["pretrain", "pretrain.json", "42.2", "2,048", "cuda"]
+    assert rows["evaluate.json"] == ["evaluate", "evaluate.json", "–", "–", "cpu"]
+    assert rows["transfer.json"] == ["transfer", "transfer.json", "not run", "–", "–"]
     assert [r[0] for r in table.rows][:2] == ["prepare", "pretrain"]
 
 
@@ -320,8 +329,8 @@ def test_report_without_optional_inputs_says_not_run(base):
     assert "| all | not run (reports/transfer.json not found) |" in lines
     assert "Positive purity against epoch: not run (no pretrain snapshots" in markdown
     assert "kNN monitor against epoch: not run" in markdown
-    assert "| pretrain | pretrain.json | 42.2 | cpu |" in lines
-    assert "| transfer | transfer.json | not run | – |" in lines
+    assert "| pretrain | pretrain.json | 42.2 | 900 | cpu |" in lines
+    assert "| transfer | transfer.json | not run | – | – |" in lines
     assert not re.search(r"\d{4}-\d{2}-\d{2}", markdown)  # no dates
     with chdir(root):
         check_figures(markdown, figures)
@@ -347,7 +356,7 @@ def test_report_with_every_optional_input(full):
     assert "| semi-supervised, 1% labels | – | – | 65.4 | 20.0 |" in lines
     assert "| transfer to digits | 92.3 | 50.0 | 95.5 | – |" in lines
     assert re.findall(r"not run \(", markdown) == []  # every optional part ran
-    assert "| transfer | transfer.json | 7.0 | – |" in lines
+    assert "| transfer | transfer.json | – | – | – |" in lines  # run without its footprint
     assert {"purity_epoch.png", "knn_monitor.png"} <= set(figures)
     with chdir(root):
         check_figures(markdown, figures)

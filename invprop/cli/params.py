@@ -56,14 +56,34 @@ def diff(
 def apply(
     preset: Path = typer.Argument(..., help="A preset, e.g. presets/fmnist-gpu.yaml."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file to update."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Reset every value to its default first: defaults + this preset."
+    ),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Merge a preset into params.yaml (validated first; comments kept).
 
-    Example: invprop params apply presets/fmnist-gpu.yaml && dvc repro
+    Presets stack: values an earlier change set and this preset does not are kept, and
+    listed; --fresh starts from the defaults instead.
+
+    Example: invprop params apply --fresh presets/fmnist-gpu.yaml && dvc repro
     """
-    before = load_config(params) if params.exists() else None
-    after = apply_preset(params, preset)
-    changed = config_diff(before, after) if before is not None else {}
-    typer.echo(f"applied {preset} to {params}: {len(changed)} value(s) changed")
-    for key, (old, new) in changed.items():
+    applied = apply_preset(params, preset, fresh=fresh)
+    if as_json:
+        print_json(
+            {
+                "changed": {k: {"old": a, "new": b} for k, (a, b) in applied.changed.items()},
+                "kept": {k: b for k, (_, b) in applied.kept.items()},
+            }
+        )
+        return
+    typer.echo(f"applied {preset} to {params}: {len(applied.changed)} value(s) changed")
+    for key, (old, new) in applied.changed.items():
         typer.echo(f"  {key}: {old!r} -> {new!r}")
+    if applied.kept:
+        typer.echo(
+            f"kept {len(applied.kept)} earlier value(s) that differ from the defaults and "
+            "that this preset does not set (--fresh resets them):"
+        )
+        for key, (default, value) in applied.kept.items():
+            typer.echo(f"  {key}: {value!r} (default {default!r})")
