@@ -30,7 +30,7 @@ Ops, in this fixed order
    uniform in ``crop_scale``, log aspect ratio uniform in ``log(crop_ratio)``, integer sides
    by rounding, up to 10 attempts until the box fits, else the centre crop; integer offsets).
    Image folders take this crop per image, from the whole decoded image, in the data-loader
-   workers (``invprop.data.tensors.CroppedImageFiles``), and the batch arrives here as
+   workers (:class:`CroppedImageFiles`), and the batch arrives here as
    ``S x S`` with only the flip left to apply (``BatchAugment(..., crop=False)``).
 2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation, hue, in a
    random order per image as torchvision's ``ColorJitter`` (:func:`color_jitter`). Factors
@@ -50,7 +50,8 @@ Ops, in this fixed order
 Flip commutes with ops 2-5, so applying it inside the crop is the same as torchvision's
 ``RandomHorizontalFlip`` anywhere in the pipeline.
 
-Entry points: :class:`BatchAugment` (training) and :func:`center` (embedding, evaluation).
+Entry points: :class:`BatchAugment` (training), :class:`CroppedImageFiles` (the crops of
+image folders, made in data-loader workers) and :func:`center` (embedding, evaluation).
 The batched ops (:func:`resized_crop`, :func:`adjust_brightness`, ...) are public so that tests
 and the CLI can use them with explicit parameters.
 """
@@ -61,12 +62,14 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invprop.config import AugmentConfig
+from invprop.data.prepared import ImageFiles, Split, open_image, to_chw
 
 __all__ = [
     "CROP_ATTEMPTS",
@@ -75,6 +78,7 @@ __all__ = [
     "AugmentConfig",
     "AugmentParams",
     "BatchAugment",
+    "CroppedImageFiles",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -489,7 +493,7 @@ class BatchAugment(nn.Module):
     """The training-time augmentation: ``uint8 [B, C, H, W] -> float32 [B, C, size, size]``.
 
     ``crop=False``: the batch comes already cropped to ``size x size`` (image folders, whose
-    crops `invprop.data.tensors.CroppedImageFiles` takes in the loader workers from each
+    crops `CroppedImageFiles` takes in the loader workers from each
     whole image with the same per-sample boxes); only the flip and the later ops remain.
 
     ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` once moves them next to the
@@ -567,6 +571,66 @@ class BatchAugment(nn.Module):
             x = torch.where(_per_sample(p.blur), gaussian_blur(x, p.sigma, self.blur_kernel), x)
 
         return normalize(x, self.mean.to(x.device), self.std.to(x.device))
+
+
+class CroppedImageFiles(torch.utils.data.Dataset):
+    """The training view of an image-file split: item i is (uint8 (C, size, size), i), the
+    random resized crop of image i taken from the WHOLE decoded image, as the authors'
+    torchvision ``RandomResizedCrop`` does on the full-resolution PIL image.
+
+    The box is `invprop.augment.sample_params` for (seed, epoch, i) at the image's own size,
+    so it is the same whichever worker, batch or rank decodes it; the crop is resized to
+    ``size x size`` by PIL's bilinear resampling (torchvision's PIL path: crop, then resize).
+    `shorter_side` (augment.shorter_side): first resize images whose shorter side is longer,
+    keeping the aspect ratio and the whole image (faster decoding of large JPEGs); None
+    crops from full resolution. The flip and the colour ops are left to `BatchAugment`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        channels: int,
+        size: int,
+        config: AugmentConfig,
+        seed: int,
+        epoch: int,
+        shorter_side: int | None = None,
+    ) -> None:
+        if not isinstance(split.images, ImageFiles):
+            raise TypeError("CroppedImageFiles reads image-file splits only")
+        self.files, self.channels, self.size = split.images, channels, size
+        self.config, self.seed, self.epoch = config, seed, epoch
+        self.shorter_side = shorter_side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def whole_image(self, index: int) -> Any:
+        """Image `index` as the crops see it: whole, at most `shorter_side` on its short side."""
+        from PIL import Image
+
+        side = self.shorter_side
+        image = open_image(
+            self.files.path(index), self.channels, None if side is None else (side, side)
+        )
+        width, height = image.size
+        if side is not None and min(width, height) > side:
+            scale = side / min(width, height)
+            target = (max(side, round(width * scale)), max(side, round(height * scale)))
+            image = image.resize(target, Image.Resampling.BILINEAR)
+        return image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = self.whole_image(index)
+        width, height = image.size
+        p = sample_params(self.seed, self.epoch, torch.tensor([index]), self.config, height, width)
+        top, left, box_h, box_w = (int(v[0]) for v in (p.top, p.left, p.height, p.width))
+        # crop, then resize: resizing with a box would read pixels beyond its edges
+        box = (left, top, left + box_w, top + box_h)
+        crop = image.crop(box).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(to_chw(crop)), int(index)
 
 
 def center(

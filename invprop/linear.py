@@ -286,7 +286,8 @@ class ImageSource:
                 index = torch.from_numpy(batch).to(self.device)
                 yield self.images[index], index
             return
-        from invprop.data.tensors import CroppedImageFiles, load_batches
+        from invprop.augment import CroppedImageFiles
+        from invprop.data.tensors import load_batches
 
         crops = CroppedImageFiles(
             self.split,

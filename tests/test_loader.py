@@ -11,13 +11,12 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from invprop.augment import sample_params
+from invprop.augment import CroppedImageFiles, sample_params
 from invprop.checkpoint import load_checkpoint
 from invprop.config import AugmentConfig, Config, config_from_dict
 from invprop.data import ImageFiles, Split, load_prepared
 from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_source
 from invprop.data.prepare import prepare
-from invprop.data.tensors import CroppedImageFiles
 from invprop.errors import InvpropError
 from invprop.train import train
 

@@ -108,7 +108,8 @@ class FolderImages:
     def batches(
         self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from invprop.data.tensors import CroppedImageFiles, load_batches
+        from invprop.augment import CroppedImageFiles
+        from invprop.data.tensors import load_batches
 
         cfg = self.cfg
         crops = CroppedImageFiles(

@@ -10,7 +10,7 @@ Layout (META_VERSION 1)::
 For "files", images are decoded one at a time, on access. Evaluation views (`ImageFiles`)
 come at meta's shape: the shorter side resized to S and the centre S x S cropped
 (S = data.image_size * 8 / 7, the usual 256 for 224), in meta's channel count. Training
-crops are taken from the whole decoded image instead (`invprop.data.tensors.CroppedImageFiles`).
+crops are taken from the whole decoded image instead (`invprop.augment.CroppedImageFiles`).
 
 This module needs numpy and Pillow only; torch helpers are in `invprop.data.tensors`.
 """

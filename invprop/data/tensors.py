@@ -6,14 +6,12 @@ Kept apart from `prepared` so that preparing and inspecting data never imports t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from invprop.config import AugmentConfig
-from invprop.data.prepared import ImageFiles, Split, open_image, to_chw
+from invprop.data.prepared import ImageFiles, Split
 from invprop.errors import InvpropError
 
 # ITU-R BT.601 luma weights (as PIL's convert("L") and torchvision's rgb_to_grayscale).
@@ -72,68 +70,6 @@ class ImageFileDataset(Dataset):
         if self.channels is not None:
             image = convert_channels(image, self.channels)
         return image, int(index)
-
-
-class CroppedImageFiles(Dataset):
-    """The training view of an image-file split: item i is (uint8 (C, size, size), i), the
-    random resized crop of image i taken from the WHOLE decoded image, as the authors'
-    torchvision ``RandomResizedCrop`` does on the full-resolution PIL image.
-
-    The box is `invprop.augment.sample_params` for (seed, epoch, i) at the image's own size,
-    so it is the same whichever worker, batch or rank decodes it; the crop is resized to
-    ``size x size`` by PIL's bilinear resampling (torchvision's PIL path: crop, then resize).
-    `shorter_side` (augment.shorter_side): first resize images whose shorter side is longer,
-    keeping the aspect ratio and the whole image (faster decoding of large JPEGs); None
-    crops from full resolution. The flip and the colour ops are left to `BatchAugment`.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        channels: int,
-        size: int,
-        config: AugmentConfig,
-        seed: int,
-        epoch: int,
-        shorter_side: int | None = None,
-    ) -> None:
-        if not isinstance(split.images, ImageFiles):
-            raise TypeError("CroppedImageFiles reads image-file splits only")
-        self.files, self.channels, self.size = split.images, channels, size
-        self.config, self.seed, self.epoch = config, seed, epoch
-        self.shorter_side = shorter_side
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def whole_image(self, index: int) -> Any:
-        """Image `index` as the crops see it: whole, at most `shorter_side` on its short side."""
-        from PIL import Image
-
-        side = self.shorter_side
-        image = open_image(
-            self.files.path(index), self.channels, None if side is None else (side, side)
-        )
-        width, height = image.size
-        if side is not None and min(width, height) > side:
-            scale = side / min(width, height)
-            target = (max(side, round(width * scale)), max(side, round(height * scale)))
-            image = image.resize(target, Image.Resampling.BILINEAR)
-        return image
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        from invprop.augment import sample_params
-
-        image = self.whole_image(index)
-        width, height = image.size
-        p = sample_params(self.seed, self.epoch, torch.tensor([index]), self.config, height, width)
-        top, left, box_h, box_w = (int(v[0]) for v in (p.top, p.left, p.height, p.width))
-        # crop, then resize: resizing with a box would read pixels beyond its edges
-        box = (left, top, left + box_w, top + box_h)
-        crop = image.crop(box).resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(to_chw(crop)), int(index)
 
 
 def decode_batches(
