@@ -108,7 +108,10 @@ class PretrainConfig:
     lr: float = _f(0.03, gt=0)
     momentum: float = _f(0.9, ge=0, lt=1)
     weight_decay: float = _f(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # step: lr x lr_decay from each epoch in lr_milestones on (main.py without --cos).
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    lr_milestones: list[int] = _f([], ge=1)
+    lr_decay: float = _f(0.1, gt=0, le=1)
     warmup_epochs: int = _f(0, ge=0)
     temperature: float = _f(0.2, gt=0)
     bank_momentum: float = _f(0.5, ge=0, lt=1)
@@ -460,6 +463,11 @@ def _validate(cfg: Config) -> None:
         p.ramp_epoch < p.epochs or not p.invp or p.lambda_inv == 0,
         f"pretrain.ramp_epoch = {p.ramp_epoch} >= pretrain.epochs = {p.epochs}: the "
         "propagation loss would never switch on; lower ramp_epoch or set invp: false",
+    )
+    need(
+        all(m <= p.epochs for m in p.lr_milestones),
+        f"pretrain.lr_milestones = {p.lr_milestones} has epochs past pretrain.epochs = "
+        f"{p.epochs}; remove them or raise epochs",
     )
     need(
         p.warmup_epochs < p.epochs,

@@ -81,7 +81,12 @@ def log_row(live: Any, row: dict[str, float]) -> None:
 
 
 def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then cosine (or constant) decay; a pure function of the step."""
+    """Linear warm-up, then cosine, constant or step decay; a pure function of the step.
+
+    step: ``lr * lr_decay ** (number of milestones m with epoch >= m)``, epochs from 1, as
+    the authors' utils.py `adjust_learning_rate` without --cos (main.py's default
+    milestones 400, 600, 700).
+    """
     p = cfg.pretrain
     total = p.epochs * steps_per_epoch
     warmup = p.warmup_epochs * steps_per_epoch
@@ -89,6 +94,9 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
         return p.lr * (step + 1) / warmup
     if p.schedule == "constant":
         return p.lr
+    if p.schedule == "step":
+        epoch = step // steps_per_epoch + 1
+        return p.lr * p.lr_decay ** sum(epoch >= m for m in p.lr_milestones)
     return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 

@@ -93,6 +93,7 @@ def test_override_sets_typed_value() -> None:
         ("model.head=mlp_bn", "model.head = 'mlp_bn' was renamed: use 'mlp_hidden_out_bn'"),
         ("augment.mean=[0.5]", "augment.mean and augment.std must be set together"),
         ("evaluate.linear.milestones=[40, 200]", "evaluate.linear.milestones = [40, 200] has"),
+        ("pretrain.lr_milestones=[2, 9]", "pretrain.lr_milestones = [2, 9] has epochs past"),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, message: str) -> None:

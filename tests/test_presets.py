@@ -193,3 +193,5 @@ def test_paper_preset_takes_the_papers_stated_settings() -> None:
     assert {k: p[k] for k in stated} == stated
     assert (p["n_background"], p["momentum"], p["batch_size"]) == (4096, 0.9, 128)
     assert (p["propagation"], p["background"], p["precision"]) == ("exact", "paper", "fp32")
+    # main.py without --cos
+    assert (p["schedule"], p["lr_milestones"], p["lr_decay"]) == ("step", [400, 600, 700], 0.1)
