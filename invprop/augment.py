@@ -416,23 +416,34 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 
 
 def color_jitter(x: Tensor, p: AugmentParams, config: AugmentConfig) -> Tensor:
-    """torchvision's ``ColorJitter``: the ops whose strength is non-zero, each sample's in its
-    own order ``p.jitter_order``. Every position computes each op for the whole batch and
-    keeps, per sample, the one that sample applies there (elementwise ops: no host sync)."""
+    """torchvision's ``ColorJitter``: each sample's ops in its own order ``p.jitter_order``.
+
+    Only ops that change something take part: strength non-zero, and saturation and hue
+    only on three channels (the identity on one, as in torchvision). Each of the k
+    positions computes those k ops for the whole batch and keeps, per sample, the one that
+    sample applies there: k^2 elementwise ops, no host sync.
+    """
     ops = {
         "brightness": lambda y: adjust_brightness(y, p.brightness),
         "contrast": lambda y: adjust_contrast(y, p.contrast),
         "saturation": lambda y: adjust_saturation(y, p.saturation),
         "hue": lambda y: adjust_hue(y, p.hue),
     }
-    active = [(JITTER_OPS.index(name), op) for name, op in ops.items() if getattr(config, name)]
-    if len(active) == 1:  # nothing to order
-        return active[0][1](x)
-    for position in range(len(JITTER_OPS)):
-        applied = p.jitter_order[:, position]
+    colour_only = ("saturation", "hue")
+    active = [
+        JITTER_OPS.index(name)
+        for name in JITTER_OPS
+        if getattr(config, name) and (x.shape[1] == 3 or name not in colour_only)
+    ]
+    if len(active) <= 1:  # nothing to order
+        return ops[JITTER_OPS[active[0]]](x) if active else x
+    rank = p.jitter_order.argsort(dim=1)  # [B, 4]: where each op comes in the sample's order
+    order = rank[:, active].argsort(dim=1)  # [B, k]: indices into `active`, in applied order
+    for position in range(len(active)):
         out = x
-        for op_id, op in active:
-            out = torch.where(_per_sample(applied == op_id), op(x), out)
+        for slot, op_id in enumerate(active):
+            applied = order[:, position] == slot
+            out = torch.where(_per_sample(applied), ops[JITTER_OPS[op_id]](x), out)
         x = out
     return x
 

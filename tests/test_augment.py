@@ -285,10 +285,18 @@ def test_colour_jitter_op_matches_torchvision(op, channels):
     assert changed > 0 if channels == 3 or op in ("brightness", "contrast") else changed == 0
 
 
-def test_colour_jitter_applies_each_samples_own_order_like_torchvision():
-    """Each sample's four ops, in its drawn order, as torchvision's functional ops."""
-    config = dataclasses.replace(IDENTITY, jitter_p=1.0, brightness=0.5, hue=0.3)
-    config = dataclasses.replace(config, contrast=0.5, saturation=0.5)
+@pytest.mark.parametrize(
+    "strengths",
+    [
+        {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.3},
+        {"brightness": 0.5, "contrast": 0.0, "saturation": 0.0, "hue": 0.3},
+        {"brightness": 0.0, "contrast": 0.6, "saturation": 0.5, "hue": 0.0},
+    ],
+)
+def test_colour_jitter_applies_each_samples_own_order_like_torchvision(strengths):
+    """Each sample's ops with a non-zero strength, in its drawn order, as torchvision's
+    functional ops (torchvision skips an op whose strength is 0)."""
+    config = dataclasses.replace(IDENTITY, jitter_p=1.0, **strengths)
     x, idx = images(24, 3, 16), torch.arange(24)
     out = aug(config, 16)(x, idx, 0, 1)
     p = sample_params(0, 1, idx, config, 16, 16)
@@ -297,7 +305,8 @@ def test_colour_jitter_applies_each_samples_own_order_like_torchvision():
         ref = x[i].float() / 255
         for op_id in p.jitter_order[i].tolist():
             name = JITTER_OPS[op_id]
-            ref = COLOUR_OPS[name](ref, float(getattr(p, name)[i]))
+            if strengths[name]:
+                ref = COLOUR_OPS[name](ref, float(getattr(p, name)[i]))
         torch.testing.assert_close(out[i], norm(ref), atol=3e-5, rtol=0)
 
 
