@@ -32,7 +32,7 @@ from invprop.config import Config, config_diff, config_from_dict
 from invprop.data import Split, convert_channels, load_prepared
 from invprop.data.prepare import prepare
 from invprop.data.prepared import ImageFiles
-from invprop.embed import extract, load_embeddings, normalisation
+from invprop.embed import extract, input_normalisation, load_embeddings, normalisation
 from invprop.errors import InvpropError
 
 N_TRAIN, N_TEST, K = 120, 60, [20, 1]
@@ -101,6 +101,24 @@ def test_extract_is_center_then_embed_in_eval_mode(workdir):
     assert features.dtype == embeddings.dtype == torch.float32
     torch.testing.assert_close(features, want_f, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(embeddings, want_e, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_normalisation_constants_feed_the_network():
+    """augment.mean/std (the authors' fixed constants) replace the pretraining dataset's
+    own statistics in every view; other datasets (transfer targets) keep theirs."""
+    fixed = {"mean": [0.4], "std": [0.3]}
+    cfg = make_config(augment=fixed)
+    meta = {"dataset": "synthetic", "mean": [0.5], "std": [0.25]}
+    assert input_normalisation(meta, cfg) == ([0.4], [0.3])
+    assert input_normalisation({**meta, "dataset": "digits"}, cfg) == ([0.5], [0.25])
+    assert input_normalisation(meta, make_config()) == ([0.5], [0.25])
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 16, 16), dtype=np.uint8)
+    split = Split("test", images, np.zeros(6, dtype=np.int64))
+    encoder = build_encoder(cfg).eval()
+    _, embeddings = extract(encoder, split, meta, cfg, "cpu")
+    with torch.no_grad():
+        want = encoder.embed(center(torch.from_numpy(images), 16, [0.4], [0.3]))[1]
+    torch.testing.assert_close(embeddings, want, rtol=1e-4, atol=1e-5)
 
 
 def test_extract_streams_image_files_like_arrays(workdir, tmp_path):
