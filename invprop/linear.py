@@ -219,7 +219,7 @@ def linear_probe(
     )
 
 
-def _linear_eval_augment(height: int) -> Any:
+def _linear_eval_augment(height: int) -> AugmentConfig:
     """The authors' linear-evaluation augmentation for this image size.
 
     Small images (CIFAR): horizontal flip only, datasets/cifar.py `get_linear_dataloader`
