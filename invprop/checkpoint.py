@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from invprop.config import Config, config_from_dict
+from invprop.config import Config, config_from_dict, current_names
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, ensure_free_space, file_sha256
 
@@ -122,8 +122,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The validated config of the run that wrote `state`."""
-    return config_from_dict(state["config"])
+    """The validated config of the run that wrote `state` (renamed values, such as the
+    heads 'mlp' and 'mlp_bn' of earlier runs, read under their current names)."""
+    return config_from_dict(current_names(state["config"]))
 
 
 def build_encoder(cfg: Config) -> Encoder:

@@ -360,21 +360,38 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
-# Values whose meaning changed or that were retired: reading one is an error naming its
-# replacement, never a silent reinterpretation.
-RENAMED_VALUES: dict[str, dict[Any, str]] = {
-    "model.head": {
-        "mlp": "'mlp_hidden_bn' (Linear-BN-ReLU-Linear, what 'mlp' was); the authors' head, "
-        "without BatchNorm, is 'mlp_no_bn'",
-        "mlp_bn": "'mlp_hidden_out_bn' (what 'mlp_bn' was: hidden and output BatchNorm)",
-    },
+# Values that were renamed: reading an old name in params is an error naming the new one,
+# so no params file silently changes meaning. Checkpoints record what they were trained
+# with, so `current_names` reads their old names as the new ones.
+RENAMED_VALUES: dict[str, dict[str, str]] = {
+    "model.head": {"mlp": "mlp_hidden_bn", "mlp_bn": "mlp_hidden_out_bn"},
+}
+_RENAME_NOTES = {
+    ("model.head", "mlp"): "; the authors' head, without BatchNorm, is 'mlp_no_bn'",
 }
 
 
 def _check_renamed(key: str, value: Any) -> None:
-    renamed = RENAMED_VALUES.get(key, {})
-    if isinstance(value, str) and value in renamed:
-        raise InvpropError(f"params: {key} = {value!r} was renamed: use {renamed[value]}")
+    new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+    if new is not None:
+        note = _RENAME_NOTES.get((key, value), "")
+        raise InvpropError(
+            f"params: {key} = {value!r} was renamed: use {new!r} (the same thing){note}"
+        )
+
+
+def current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping `data` with renamed values under their current names
+    (for configs recorded before the rename, e.g. in checkpoints)."""
+    data = json.loads(json.dumps(data))
+    for dotted, names in RENAMED_VALUES.items():
+        *path, last = dotted.split(".")
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str) and node[last] in names:
+            node[last] = names[node[last]]
+    return data
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

@@ -14,6 +14,7 @@ from invprop.config import (
     apply_preset,
     config_diff,
     config_from_dict,
+    current_names,
     deep_merge,
     flat_keys,
     load_config,
@@ -45,6 +46,12 @@ def test_renamed_head_errors_are_one_line_and_name_the_new_value() -> None:
         with pytest.raises(InvpropError) as error:
             config_from_dict({"model": {"head": old}})
         assert "\n" not in str(error.value) and f"use '{new}'" in str(error.value)
+        # a config recorded before the rename (a checkpoint's) reads under the new name
+        recorded = {"model": {"head": old, "dim": 16}, "seed": 3}
+        cfg = config_from_dict(current_names(recorded))
+        assert (cfg.model.head, cfg.model.dim, cfg.seed) == (new, 16, 3)
+        assert recorded["model"]["head"] == old  # not modified in place
+    assert current_names({"seed": 1}) == {"seed": 1}
 
 
 def test_explicit_normalisation_needs_one_value_per_channel() -> None:

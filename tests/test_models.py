@@ -189,3 +189,23 @@ def test_output_bn_head_centres_embeddings_over_the_batch() -> None:
         ).mean()
 
     assert cosine(out) < 0.1 < cosine(plain(features))
+
+
+@pytest.mark.parametrize(("old", "new"), [("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")])
+def test_checkpoints_written_under_the_old_head_names_still_load(old: str, new: str) -> None:
+    """A checkpoint records its head by the name it had; the weights are the same layers."""
+    from invprop.checkpoint import build_encoder, encoder_from_checkpoint
+    from invprop.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"head": new, "dim": 8}})
+    trained = build_encoder(cfg)
+    recorded = cfg.to_dict()
+    recorded["model"]["head"] = old
+    encoder, loaded_cfg, _ = encoder_from_checkpoint(
+        {"config": recorded, "model": trained.state_dict()}
+    )
+    assert loaded_cfg.model.head == new
+    for (name, value), (_, want) in zip(
+        encoder.state_dict().items(), trained.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, want), name
