@@ -191,7 +191,9 @@ def test_output_bn_head_centres_embeddings_over_the_batch() -> None:
     assert cosine(out) < 0.1 < cosine(plain(features))
 
 
-@pytest.mark.parametrize(("old", "new"), [("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")])
+@pytest.mark.parametrize(
+    ("old", "new"), [("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")]
+)
 def test_checkpoints_written_under_the_old_head_names_still_load(old: str, new: str) -> None:
     """A checkpoint records its head by the name it had; the weights are the same layers."""
     from invprop.checkpoint import build_encoder, encoder_from_checkpoint
