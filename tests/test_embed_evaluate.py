@@ -50,7 +50,7 @@ def make_config(**sections) -> Config:
         },
         "model": {"backbone": "small_cnn", "head": "mlp_hidden_bn", "dim": 16},
         "pretrain": {"device": "cpu", "n_background": 64},
-        "embed": {"batch_size": 50},
+        "embed": {"batch_size": 50, "tags": ["final"]},
         "evaluate": {
             "knn_k": K,
             "linear": {"c_grid": [0.1, 1.0], "max_iter": 25, "val_fraction": 0.2},
