@@ -24,7 +24,7 @@ import test_distributed as ddp  # noqa: E402
 
 from invprop.checkpoint import load_checkpoint  # noqa: E402
 from invprop.config import config_from_dict  # noqa: E402
-from invprop.data.prepare import prepare  # noqa: E402
+from invprop.stages.prepare import prepare  # noqa: E402
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from run_comparison import TIMING_KEY, without_timing
 
 BIN = Path(sys.executable).parent
 ARTIFACT_ROOTS = ("data/prepared", "artifacts")
-# The parts of a checkpoint that hold tensors (invprop.train.TrainState.to_checkpoint).
+# The parts of a checkpoint that hold tensors (invprop.training.TrainState.to_checkpoint).
 TENSOR_PARTS = ("model", "bank", "optimizer")
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from invprop.neighbours import build_faiss_index, knn_graph, recall_at_k
-from invprop.neighbours import drop_self as drop_self_pair
+from invprop.neighbour_search import build_faiss_index, knn_graph, recall_at_k
+from invprop.neighbour_search import drop_self as drop_self_pair
 
 
 def emit(**fields: Any) -> None:
@@ -97,32 +97,26 @@ def _compare_once(x: np.ndarray, k: int) -> dict[str, float]:
         bench="compare", method="faiss_flat", n=n, d=d, k=k, seconds=round(seconds["faiss_flat"], 3)
     )
 
-    start = time.perf_counter()
-    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean", n_jobs=-1)
-    sk_ids = nn.fit(x).kneighbors(x, return_distance=False)[:, 1:]  # self first (distance 0)
-    seconds["sklearn_brute"] = time.perf_counter() - start
-    emit(
-        bench="compare",
-        method="sklearn_brute",
-        n=n,
-        d=d,
-        k=k,
-        seconds=round(seconds["sklearn_brute"], 3),
-        agreement_with_faiss=round(recall_at_k(sk_ids, faiss_graph.ids), 5),
-    )
+    def sklearn_ids() -> np.ndarray:
+        nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean", n_jobs=-1)
+        return nn.fit(x).kneighbors(x, return_distance=False)[:, 1:]  # self first (distance 0)
 
-    start = time.perf_counter()
-    torch_graph = knn_graph(x, k, backend="torch")
-    seconds["torch_matmul_topk"] = time.perf_counter() - start
-    emit(
-        bench="compare",
-        method="torch_matmul_topk",
-        n=n,
-        d=d,
-        k=k,
-        seconds=round(seconds["torch_matmul_topk"], 3),
-        agreement_with_faiss=round(recall_at_k(torch_graph.ids, faiss_graph.ids), 5),
-    )
+    for method, ids_of in (
+        ("sklearn_brute", sklearn_ids),
+        ("torch_matmul_topk", lambda: knn_graph(x, k, backend="torch").ids),
+    ):
+        start = time.perf_counter()
+        ids = ids_of()
+        seconds[method] = time.perf_counter() - start
+        emit(
+            bench="compare",
+            method=method,
+            n=n,
+            d=d,
+            k=k,
+            seconds=round(seconds[method], 3),
+            agreement_with_faiss=round(recall_at_k(ids, faiss_graph.ids), 5),
+        )
     return seconds
 
 
@@ -130,7 +124,7 @@ def scale(sizes: list[int], d: int, k: int, exact_sample: int, exact_full_max: i
     """Exact vs IVF vs HNSW: build and search time, memory, recall@k against exact."""
     import faiss
 
-    from invprop.neighbours import faiss_settings
+    from invprop.neighbour_search import faiss_settings
 
     for n in sizes:
         with faiss_settings(None):  # the threads and BLAS blocks knn_graph uses
@@ -208,7 +202,7 @@ def bfs(sizes: list[int], ks: list[int], hop_counts: list[int], n_pos: int, repe
     import torch
 
     from invprop.method.propagate import propagate_exact
-    from invprop.propagation import propagation_stats
+    from invprop.positive_sets import propagation_stats
 
     for n in sizes:
         rng = np.random.default_rng(0)

@@ -29,13 +29,15 @@ import torch.nn.functional as F
 
 from invprop.checkpoint import encoder_from_checkpoint
 from invprop.config import load_config
-from invprop.data.prepare import prepare
-from invprop.data.prepared import Split, load_prepared
-from invprop.data.sources import SourceOptions, get_source, stratified_subset
-from invprop.embed import extract
-from invprop.evaluate import lbfgs_probe
-from invprop.knn import knn_accuracy
-from invprop.train import train
+from invprop.data.prepared import Split
+from invprop.data.sources import SourceOptions, get_source
+from invprop.inference import extract
+from invprop.knn_classifier import knn_accuracy
+from invprop.linear import lbfgs_probe
+from invprop.sampling import stratified_subset
+from invprop.stages.prepare import prepare
+from invprop.training import train
+from invprop.workspace import TrainingRun, prepared_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ("mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn")
@@ -67,10 +69,11 @@ def one_run(head: str, seed: int, args: argparse.Namespace) -> dict[str, float |
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         prepare(cfg, cfg.data.name)
         start = time.perf_counter()
-        train(cfg, Path("models"), Path("live"))
+        run = TrainingRun(Path("models"), Path("live"))
+        train(cfg, run)
         seconds = time.perf_counter() - start
-        encoder, _, _ = encoder_from_checkpoint(Path("models/final.pt"))
-        prepared = load_prepared(Path("data/prepared") / cfg.data.name)
+        encoder, _, _ = encoder_from_checkpoint(run.final)
+        prepared = prepared_dataset(cfg.data.name)
         val = held_out_train(cfg, args.val)
         fit_f, fit_e = extract(encoder, prepared.train, prepared.meta, cfg, "cpu")
         val_f, val_e = extract(encoder, val, prepared.meta, cfg, "cpu")

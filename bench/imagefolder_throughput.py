@@ -31,8 +31,8 @@ from invprop.augment import BatchAugment
 from invprop.config import Config, config_from_dict, deep_merge, read_yaml_mapping
 from invprop.data import PreparedDataset, load_prepared
 from invprop.data.loader import train_source
-from invprop.data.prepare import prepare
-from invprop.embed import input_normalisation
+from invprop.inference import input_normalisation
+from invprop.stages.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 10

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from invprop.embed import resolve_device
-from invprop.knn import knn_accuracy
+from invprop.inference import resolve_device
+from invprop.knn_classifier import knn_accuracy
 from invprop.linear import linear_probe
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from invprop.config import config_from_dict
-from invprop.data.prepare import prepare
+from invprop.stages.prepare import prepare
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Images/s and peak memory of the full InvP training step, printed as JSON lines.
 
-The step is invprop.train.training_step itself (augment, forward, both losses, backward,
+The step is invprop.training.training_step itself (augment, forward, both losses, backward,
 SGD, table and bank refresh) on uint8 images already on the device, with the InvP loss
 active over a bank of --bank-size entries. Runs on the CPU, and on CUDA when asked.
 
@@ -22,7 +22,7 @@ from invprop.augment import BatchAugment
 from invprop.checkpoint import build_encoder
 from invprop.config import config_from_dict, deep_merge, read_yaml_mapping
 from invprop.method import MemoryBank
-from invprop.train import make_optimizer, ramp_weight, training_step
+from invprop.training import make_optimizer, ramp_weight, training_step
 
 
 def measure(args: argparse.Namespace, batch_size: int) -> dict[str, object]:
@@ -41,7 +41,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, object]:
     if device.type == "cuda" and cfg.pretrain.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     model = torch.compile(encoder) if cfg.pretrain.compile else encoder
-    bank = MemoryBank(n, cfg.model.dim, cfg.pretrain.knn_k).to(device)
+    bank = MemoryBank(n, cfg.model.dim, cfg.pretrain.k).to(device)
     bank.init_random(torch.Generator(device=device).manual_seed(0))
     bank.neighbours.random_(0, n)  # a full table, so propagation has real work to do
     optimizer = make_optimizer(cfg, encoder)
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, object]:
         "bank_size": n,
         "precision": cfg.pretrain.precision,
         "compile": cfg.pretrain.compile,
-        "propagation": cfg.pretrain.propagation,
+        "propagator": cfg.pretrain.propagator,
         "background": cfg.pretrain.background,
         "steps": args.steps,
         "images_per_second": round(args.steps * batch_size / seconds, 1),

@@ -23,23 +23,20 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from invprop.config import Config, config_from_dict, current_names
+from invprop.config import Config, config_from_dict, with_current_names
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, ensure_free_space, file_sha256
-
-if TYPE_CHECKING:
-    from invprop.models import Encoder
+from invprop.io import atomic_file, ensure_free_space
+from invprop.models import Encoder
 
 __all__ = [
     "CHECKPOINT_VERSION",
     "build_encoder",
     "checkpoint_config",
     "encoder_from_checkpoint",
-    "file_sha256",
     "load_checkpoint",
     "save_checkpoint",
     "training_hash",
@@ -122,9 +119,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
-    """The validated config of the run that wrote `state` (renamed values, such as the
-    heads 'mlp' and 'mlp_bn' of earlier runs, read under their current names)."""
-    return config_from_dict(current_names(state["config"]))
+    """The validated config of the run that wrote `state` (one written before a params key
+    or value was renamed, such as the heads 'mlp' and 'mlp_bn', reads under the current
+    names)."""
+    return config_from_dict(with_current_names(state["config"]))
 
 
 def build_encoder(cfg: Config) -> Encoder:
@@ -132,8 +130,6 @@ def build_encoder(cfg: Config) -> Encoder:
 
     Pretraining starts from exactly this network, so it doubles as the random-init baseline.
     """
-    from invprop.models import Encoder
-
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:

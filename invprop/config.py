@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from invprop.bounds import max_positives
 from invprop.errors import InvpropError
 
 DATASET_NAMES = (
@@ -36,12 +37,37 @@ DATASET_NAMES = (
 )
 
 
-def max_positives(k: int, hops: int) -> int:
-    """The largest possible propagated positive set: k + k^2 + ... + k^hops (the width C of a
-    Propagation; a params error above it)."""
-    if k < 1 or hops < 1:
-        raise ValueError(f"need k >= 1 and hops >= 1, got k={k}, hops={hops}")
-    return sum(k**hop for hop in range(1, hops + 1))
+# Keys renamed so that one name means one thing (evaluate.knn_k is the classifier's k list;
+# propagate is a stage): the old name gets a one-line error that names the new one.
+RENAMED_KEYS = {
+    "pretrain.knn_k": "pretrain.k",
+    "pretrain.propagation": "pretrain.propagator",
+}
+# Values renamed so that a head is named for what it is: reading an old value in params is an
+# error naming the new one, so no params file silently changes meaning.
+RENAMED_VALUES: dict[str, dict[str, str]] = {
+    "model.head": {"mlp": "mlp_hidden_bn", "mlp_bn": "mlp_hidden_out_bn"},
+}
+_RENAME_NOTES = {
+    ("model.head", "mlp"): "; the authors' head, without BatchNorm, is 'mlp_no_bn'",
+}
+
+
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping written before RENAMED_KEYS / RENAMED_VALUES (a checkpoint's stored
+    config) with its keys and values under their current names; other mappings come back as
+    they are. `data` is not modified."""
+    out = json.loads(json.dumps(data))
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (_, new_name) = old.split("."), new.split(".")
+        if name in out.get(section, {}):
+            out[section][new_name] = out[section].pop(name)
+    for dotted, names in RENAMED_VALUES.items():
+        section, name = dotted.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name] in names:
+            node[name] = names[node[name]]
+    return out
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -117,12 +143,14 @@ class PretrainConfig:
     bank_momentum: float = _f(0.5, ge=0, lt=1)
     bank_init: Literal["random", "forward"] = "forward"
     invp: bool = True
-    knn_k: int = _f(4, ge=1)
+    # Neighbours per row of the memory bank's k-NN table (propagation walks them).
+    k: int = _f(4, ge=1)
     hops: int = _f(3, ge=1)
     n_pos: int = _f(20, ge=1)
     n_background: int = _f(4096, ge=1)
     positives: Literal["hard", "easy"] = "hard"
-    propagation: Literal["exact", "concat"] = "exact"
+    # How positives are propagated: exact BFS (the paper) or concat (the authors' code).
+    propagator: Literal["exact", "concat"] = "exact"
     background: Literal["code", "paper"] = "paper"
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
@@ -360,17 +388,6 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
-# Values that were renamed: reading an old name in params is an error naming the new one,
-# so no params file silently changes meaning. Checkpoints record what they were trained
-# with, so `current_names` reads their old names as the new ones.
-RENAMED_VALUES: dict[str, dict[str, str]] = {
-    "model.head": {"mlp": "mlp_hidden_bn", "mlp_bn": "mlp_hidden_out_bn"},
-}
-_RENAME_NOTES = {
-    ("model.head", "mlp"): "; the authors' head, without BatchNorm, is 'mlp_no_bn'",
-}
-
-
 def _check_renamed(key: str, value: Any) -> None:
     new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
     if new is not None:
@@ -380,26 +397,18 @@ def _check_renamed(key: str, value: Any) -> None:
         )
 
 
-def current_names(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the params mapping `data` with renamed values under their current names
-    (for configs recorded before the rename, e.g. in checkpoints)."""
-    data = json.loads(json.dumps(data))
-    for dotted, names in RENAMED_VALUES.items():
-        *path, last = dotted.split(".")
-        node: Any = data
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(last), str) and node[last] in names:
-            node[last] = names[node[last]]
-    return data
-
-
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        for name in unknown:
+            if f"{where}{name}" in RENAMED_KEYS:
+                raise InvpropError(
+                    f"params: {where}{name} was renamed to {RENAMED_KEYS[where + name]}; "
+                    "rename the key in your params file or preset"
+                )
         raise InvpropError(
             f"params: unknown key {where}{unknown[0]}; allowed keys here: "
             + ", ".join(f"{where}{name}" for name in fields)
@@ -458,12 +467,12 @@ def _validate(cfg: Config) -> None:
             f"{name} has {len(values or [])} values for data.channels = {cfg.data.channels}; "
             "give one per input channel",
         )
-    largest = max_positives(p.knn_k, p.hops)
+    largest = max_positives(p.k, p.hops)
     need(
         p.n_pos <= largest,
         f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set "
-        f"k + k^2 + ... + k^hops = {largest} (knn_k={p.knn_k}, hops={p.hops}); "
-        "lower pretrain.n_pos or raise pretrain.knn_k / pretrain.hops",
+        f"k + k^2 + ... + k^hops = {largest} (k={p.k}, hops={p.hops}); "
+        "lower pretrain.n_pos or raise pretrain.k / pretrain.hops",
     )
     largest = max_positives(cfg.propagate.k, cfg.propagate.hops)
     need(
@@ -656,6 +665,7 @@ def apply_preset(
     validated before the file is rewritten (atomically), so a bad preset never leaves a
     broken params.yaml behind.
     """
+    # Only `params apply` needs these: kept out of `invprop --help`, which imports config
     from ruamel.yaml import YAML
 
     from invprop.io import atomic_file

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce
 
 from invprop.errors import InvpropError
 
@@ -89,8 +91,6 @@ def relaunched(stage: str, cfg: Config) -> bool:
     processes = cfg.pretrain.processes
     if processes == 1 or Ranks.from_env().distributed:
         return False
-    import yaml
-
     with tempfile.TemporaryDirectory(prefix="invprop-launch-") as folder:
         params = os.path.join(folder, "params.yaml")
         with open(params, "w") as file:
@@ -198,8 +198,6 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not (self.training and _active()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
         count = input.numel() // channels

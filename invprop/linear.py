@@ -29,18 +29,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invprop.augment import AugmentConfig, BatchAugment, CroppedImageFiles
+from invprop.data.tensors import as_tensor, convert_channels, load_batches
+from invprop.inference import extract, inference_autocast, input_normalisation
+from invprop.sampling import holdout_split
+
 if TYPE_CHECKING:
-    from invprop.config import AugmentConfig, Config, LinearConfig
+    from invprop.config import Config, LinearConfig
     from invprop.models import Encoder
 
 __all__ = [
     "LinearProbeResult",
     "fit_logistic",
+    "lbfgs_probe",
     "linear_eval_lr",
+    "linear_metrics",
     "linear_probe",
     "sgd_augmented_probe",
     "standardise",
-    "stratified_split",
     "topk_accuracy",
 ]
 
@@ -64,30 +70,6 @@ class LinearProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded class-stratified split of row indices into (fit, val), both sorted.
-
-    Each class sends round(val_fraction * n_c) of its rows to val, but always keeps at
-    least one row for fitting (a class with a single row stays entirely in fit).
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        n_val = min(round(val_fraction * rows.size), rows.size - 1)
-        if n_val > 0:
-            val.append(rng.permutation(rows)[:n_val])
-    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
-    fit_mask = np.ones(labels.size, dtype=bool)
-    fit_mask[val_idx] = False
-    return np.flatnonzero(fit_mask), val_idx
 
 
 def standardise(fit: Tensor, *others: Tensor, eps: float = 1e-6) -> list[Tensor]:
@@ -191,7 +173,7 @@ def linear_probe(
 
     val_top1: dict[str, float] = {}
     if len(grid) > 1:
-        fit_idx, val_idx = stratified_split(train_y.cpu().numpy(), val_fraction, seed)
+        fit_idx, val_idx = holdout_split(train_y.cpu().numpy(), val_fraction, seed)
         if val_idx.size == 0:
             raise ValueError(
                 f"val_fraction = {val_fraction} leaves no held-out rows among "
@@ -219,6 +201,51 @@ def linear_probe(
     )
 
 
+def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
+    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen), and
+    {prefix}/authors_best_on_test/{top1,top5,epoch} when the protocol computed it."""
+    out: dict[str, Any] = {
+        f"{prefix}/top1": result.top1,
+        f"{prefix}/top5": result.top5,
+        f"{prefix}/seconds": round(result.seconds, 3),
+        f"{prefix}/protocol": result.protocol,
+    }
+    if result.c is not None:
+        out[f"{prefix}/c"] = result.c
+    if result.best_on_test_top1 is not None:
+        out[f"{prefix}/authors_best_on_test/top1"] = result.best_on_test_top1
+        out[f"{prefix}/authors_best_on_test/top5"] = result.best_on_test_top5
+        out[f"{prefix}/authors_best_on_test/epoch"] = result.best_on_test_epoch
+    return out
+
+
+def lbfgs_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+) -> LinearProbeResult:
+    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
+    left out of the accuracy."""
+    lin = cfg.evaluate.linear
+    counted = test_y >= 0
+    return linear_probe(
+        train_x,
+        train_y,
+        test_x[counted],
+        test_y[counted],
+        num_classes,
+        lin.c_grid,
+        lin.val_fraction,
+        lin.max_iter,
+        cfg.seed,
+        device,
+    )
+
+
 def _linear_eval_augment(height: int) -> AugmentConfig:
     """The authors' linear-evaluation augmentation for this image size.
 
@@ -227,8 +254,6 @@ def _linear_eval_augment(height: int) -> AugmentConfig:
     (ImageNet): RandomResizedCrop(scale 0.08-1) + flip,
     downstream/linear_classification/linear_classification.py, the script the README runs.
     """
-    from invprop.augment import AugmentConfig
-
     off = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
     if height <= 64:
         return AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **off)
@@ -269,8 +294,6 @@ class ImageSource:
         size: int,
         shorter_side: int | None = None,
     ) -> None:
-        from invprop.data import as_tensor, convert_channels
-
         self.split, self.channels, self.device = split, channels, device
         self.num_workers, self.augment, self.size = num_workers, augment, size
         self.shorter_side = shorter_side
@@ -286,9 +309,6 @@ class ImageSource:
                 index = torch.from_numpy(batch).to(self.device)
                 yield self.images[index], index
             return
-        from invprop.augment import CroppedImageFiles
-        from invprop.data.tensors import load_batches
-
         crops = CroppedImageFiles(
             self.split,
             self.channels,
@@ -324,9 +344,6 @@ def sgd_augmented_probe(
     Unlabeled train images (label -1) are skipped. Seeded: batch order and augmentation
     are functions of (cfg.seed, epoch).
     """
-    from invprop.augment import BatchAugment
-    from invprop.embed import extract, inference_autocast, input_normalisation
-
     start = time.perf_counter()
     lin = cfg.evaluate.linear
     dev = _device(device)

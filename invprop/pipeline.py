@@ -18,21 +18,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from invprop import workspace
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
+from invprop.io import write_json
 
-# name -> "module:function"; each function takes (cfg, *positional args).
-STAGES: dict[str, str] = {
-    "prepare": "invprop.data.prepare:run",
-    "pretrain": "invprop.train:run",
-    "instance_discrimination": "invprop.baseline:run",
-    "embed": "invprop.embed:run",
-    "graph": "invprop.graph:run",
-    "propagate": "invprop.propagation:run",
-    "evaluate": "invprop.evaluate:run",
-    "transfer": "invprop.transfer:run",
-    "report": "invprop.report:run",
-}
+STAGE_NAMES = (
+    "prepare",
+    "pretrain",
+    "instance_discrimination",
+    "embed",
+    "graph",
+    "propagate",
+    "evaluate",
+    "transfer",
+    "report",
+)
+# name -> "module:function": invprop/stages/<name>.py holds each stage's `run`, which
+# takes (cfg, *positional args).
+STAGES: dict[str, str] = {name: f"invprop.stages.{name}:run" for name in STAGE_NAMES}
 
 
 # Stages that run once per dataset or tag, named by their first argument.
@@ -42,7 +46,7 @@ PER_ITEM_STAGES = ("prepare", "embed", "graph", "propagate")
 def stage_report(name: str, args: Sequence[str] = ()) -> Path:
     """The `reports/*.json` of one run of stage `name`, e.g. reports/embed_final.json."""
     item = f"_{args[0]}" if name in PER_ITEM_STAGES and args else ""
-    return Path("reports") / f"{name}{item}.json"
+    return workspace.stage_report(f"{name}{item}")
 
 
 def footprint(wall_seconds: float) -> dict[str, float]:
@@ -65,8 +69,6 @@ def footprint(wall_seconds: float) -> dict[str, float]:
 def record_footprint(report: Path, measured: dict[str, float]) -> None:
     """Add `measured` to the stage's report under "footprint" (creating the report when the
     stage writes none). Under torchrun only rank 0 writes."""
-    from invprop.io import write_json
-
     if os.environ.get("RANK", "0") != "0":
         return
     data: dict[str, Any] = json.loads(report.read_text()) if report.is_file() else {}

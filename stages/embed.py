@@ -1,4 +1,4 @@
-"""Pipeline entry point of the embed stage; the logic lives in invprop.embed."""
+"""Pipeline entry point of the embed stage; the logic lives in invprop.stages.embed."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Pipeline entry point of the evaluate stage; the logic lives in invprop.evaluate."""
+"""Pipeline entry point of the evaluate stage; the logic lives in invprop.stages.evaluate."""
 
 import sys
 

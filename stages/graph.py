@@ -1,4 +1,4 @@
-"""Pipeline entry point of the graph stage; the logic lives in invprop.graph."""
+"""Pipeline entry point of the graph stage; the logic lives in invprop.stages.graph."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Entry point of the instance_discrimination stage; the logic lives in invprop.baseline."""
+"""The instance_discrimination stage's entry point; see invprop.stages.instance_discrimination."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Pipeline entry point of the prepare stage; the logic lives in invprop.data.prepare."""
+"""Pipeline entry point of the prepare stage; the logic lives in invprop.stages.prepare."""
 
 import sys
 

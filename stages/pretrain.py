@@ -1,4 +1,4 @@
-"""Pipeline entry point of the pretrain stage; the logic lives in invprop.train."""
+"""Pipeline entry point of the pretrain stage; the logic lives in invprop.stages.pretrain."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Pipeline entry point of the propagate stage; the logic lives in invprop.propagation."""
+"""Pipeline entry point of the propagate stage; the logic lives in invprop.stages.propagate."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Pipeline entry point of the report stage; the logic lives in invprop.report."""
+"""Pipeline entry point of the report stage; the logic lives in invprop.stages.report."""
 
 import sys
 

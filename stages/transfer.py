@@ -1,4 +1,4 @@
-"""Pipeline entry point of the transfer stage; the logic lives in invprop.transfer."""
+"""Pipeline entry point of the transfer stage; the logic lives in invprop.stages.transfer."""
 
 import sys
 

@@ -304,7 +304,7 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
 
     from invprop.checkpoint import CHECKPOINT_VERSION, build_encoder, save_checkpoint, training_hash
     from invprop.data import load_prepared
-    from invprop.embed import extract
+    from invprop.inference import extract
     from invprop.method import MemoryBank
 
     encoder = build_encoder(cfg)
@@ -313,7 +313,7 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
         for parameter in encoder.parameters():
             parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
     prepared = load_prepared(Path("data/prepared") / cfg.data.name)
-    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.knn_k)
+    bank = MemoryBank(len(prepared.train), cfg.model.dim, cfg.pretrain.k)
     if bank_init == "forward":
         bank.init_from(extract(encoder, prepared.train, prepared.meta, cfg, "cpu")[1])
     else:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from invprop.checkpoint import load_checkpoint, save_checkpoint, training_hash
 from invprop.cli.ckpt import app
 from invprop.config import config_from_dict
-from invprop.data.prepare import prepare
-from invprop.train import train
+from invprop.stages.prepare import prepare
+from invprop.training import train
 
 TINY = {
     "data": {"name": "synthetic", "image_size": 16, "train_limit": 128, "test_limit": 32},

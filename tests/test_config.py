@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,18 +11,19 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from invprop.bounds import max_positives
 from invprop.config import (
+    RENAMED_KEYS,
     Config,
     apply_preset,
     config_diff,
     config_from_dict,
-    current_names,
     deep_merge,
     flat_keys,
     load_config,
-    max_positives,
     restore_types,
     save_params,
+    with_current_names,
 )
 from invprop.errors import InvpropError
 
@@ -48,10 +51,10 @@ def test_renamed_head_errors_are_one_line_and_name_the_new_value() -> None:
         assert "\n" not in str(error.value) and f"use '{new}'" in str(error.value)
         # a config recorded before the rename (a checkpoint's) reads under the new name
         recorded = {"model": {"head": old, "dim": 16}, "seed": 3}
-        cfg = config_from_dict(current_names(recorded))
+        cfg = config_from_dict(with_current_names(recorded))
         assert (cfg.model.head, cfg.model.dim, cfg.seed) == (new, 16, 3)
         assert recorded["model"]["head"] == old  # not modified in place
-    assert current_names({"seed": 1}) == {"seed": 1}
+    assert with_current_names({"seed": 1}) == {"seed": 1}
 
 
 def test_explicit_normalisation_needs_one_value_per_channel() -> None:
@@ -118,7 +121,7 @@ def _escape(text: str) -> str:
 def test_n_pos_bound_is_k_plus_k2_up_to_kl(k: int, hops: int, extra: int) -> None:
     largest = sum(k**h for h in range(1, hops + 1))
     assert max_positives(k, hops) == largest
-    base = [f"pretrain.knn_k={k}", f"pretrain.hops={hops}"]
+    base = [f"pretrain.k={k}", f"pretrain.hops={hops}"]
     config_from_dict({}, [*base, f"pretrain.n_pos={largest}"])
     if extra:
         with pytest.raises(InvpropError, match=r"pretrain\.n_pos"):
@@ -182,6 +185,19 @@ def test_section_hash_changes_only_with_its_section() -> None:
     )
 
 
+def test_config_imports_no_torch_and_the_method_core_no_config():
+    """config.py stays torch-free (fast `invprop --help`); the method core gets
+    max_positives from invprop.bounds, not from the params layer."""
+    code = (
+        "import sys, invprop.config; torch_by_config = 'torch' in sys.modules; "
+        "del sys.modules['invprop.config']; import invprop.method; "
+        "print(torch_by_config, 'invprop.config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
 def test_params_yaml_restates_exactly_the_defaults() -> None:
     # Defaults live in config.py; params.yaml lists every key (DVC tracks them there) with
     # the same values, so a preset's diff against it is the preset alone.
@@ -224,6 +240,41 @@ def test_an_empty_mapping_replaces_rather_than_merges() -> None:
     assert deep_merge(base, {"transfer": {"roots": {}}}) == {
         "transfer": {"roots": {}, "targets": ["digits"]}
     }
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED_KEYS.items()))
+def test_a_renamed_key_fails_in_one_line_naming_the_new_key(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    section, name = old.split(".")
+    value = Config().to_dict()[section][new.split(".")[1]]
+    message = f"{old} was renamed to {new}"
+    with pytest.raises(InvpropError, match=message) as raised:
+        config_from_dict({section: {name: value}})
+    assert "\n" not in str(raised.value)
+    with pytest.raises(InvpropError, match=message):
+        config_from_dict({}, [f"{old}={value}"])
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    preset = tmp_path / "old.yaml"
+    preset.write_text(yaml.safe_dump({section: {name: value}}))
+    with pytest.raises(InvpropError, match=message):
+        apply_preset(params, preset)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()  # left as it was
+    assert config_from_dict({}, [f"{new}={value}"]).to_dict()[section][new.split(".")[1]] == value
+
+
+def test_a_checkpoint_written_before_a_rename_reads_under_the_new_names() -> None:
+    from invprop.checkpoint import checkpoint_config
+
+    stored = Config().to_dict()
+    stored["pretrain"]["knn_k"] = stored["pretrain"].pop("k") + 1
+    stored["pretrain"]["propagation"] = "concat"
+    del stored["pretrain"]["propagator"]
+    stored["model"]["head"] = "mlp_bn"  # a renamed value beside the renamed keys
+    cfg = checkpoint_config({"config": stored})
+    assert (cfg.pretrain.k, cfg.pretrain.propagator) == (Config().pretrain.k + 1, "concat")
+    assert cfg.model.head == "mlp_hidden_out_bn"
 
 
 def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:

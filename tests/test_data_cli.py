@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from invprop.cli import app
-from invprop.data.prepare import prepare
+from invprop.stages.prepare import prepare
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ import pytest
 
 from invprop.data import ImageFileDataset, load_prepared, load_size
 from invprop.data import imagefolder as imagefolder_module
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
+from invprop.stages.prepare import prepare
 
 
 def prepare_folder(data_config, root, tmp_path, **data):

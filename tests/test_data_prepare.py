@@ -15,9 +15,9 @@ import pytest
 
 from invprop.config import config_from_dict
 from invprop.data import as_tensor, convert_channels, load_prepared
-from invprop.data.prepare import run
 from invprop.errors import InvpropError
 from invprop.pipeline import main as stage_main
+from invprop.stages.prepare import run
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

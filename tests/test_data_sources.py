@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from invprop.config import DATASET_NAMES
-from invprop.data import DATASETS, SourceOptions, get_source, stratified_split, stratified_subset
+from invprop.data import DATASETS, SourceOptions, get_source
 from invprop.data.cifar import NumpyOnlyUnpickler
 from invprop.data.idx import read_idx
+from invprop.data.sources import SPLIT_SEED, TEST_FRACTION
 from invprop.errors import InvpropError
+from invprop.sampling import stratified_split, stratified_subset
 
 
 def read(data_config, name: str, root: Path | None = None, **data):
@@ -251,7 +253,7 @@ def test_stratified_subset_properties(labels, size, seed):
 @given(labels=st.lists(st.integers(0, 4), min_size=2, max_size=200))
 def test_stratified_split_partitions(labels):
     labels = np.asarray(labels)
-    train, test = stratified_split(labels)
+    train, test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
     assert len(np.intersect1d(train, test)) == 0
     assert len(train) + len(test) == len(labels)
     assert len(test) == round(0.2 * len(labels))

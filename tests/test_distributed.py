@@ -17,11 +17,11 @@ from torch import nn
 
 from invprop.checkpoint import load_checkpoint
 from invprop.config import config_from_dict
-from invprop.data.prepare import prepare
 from invprop.distributed import CpuSyncBatchNorm, Ranks, all_gather_rows, sync_batchnorm
 from invprop.errors import InvpropError
 from invprop.models import Encoder
-from invprop.train import check_fits
+from invprop.stages.prepare import prepare
+from invprop.training import check_fits
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

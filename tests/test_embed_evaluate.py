@@ -15,9 +15,6 @@ import typer
 from conftest import write_model_checkpoint
 from typer.testing import CliRunner
 
-from invprop import baseline
-from invprop import embed as embed_stage
-from invprop import evaluate as evaluate_stage
 from invprop.augment import center
 from invprop.checkpoint import (
     build_encoder,
@@ -30,10 +27,21 @@ from invprop.cli import knn as knn_cli
 from invprop.cli import metrics as metrics_cli
 from invprop.config import Config, config_diff, config_from_dict
 from invprop.data import Split, convert_channels, load_prepared
-from invprop.data.prepare import prepare
 from invprop.data.prepared import ImageFiles
-from invprop.embed import extract, input_normalisation, load_embeddings, normalisation
 from invprop.errors import InvpropError
+from invprop.inference import extract, input_normalisation, normalisation
+from invprop.stages import embed as embed_stage
+from invprop.stages import evaluate as evaluate_stage
+from invprop.stages import instance_discrimination as baseline
+from invprop.stages.prepare import prepare
+from invprop.workspace import (
+    EMBEDDING_ARRAYS,
+    INSTANCE_DISCRIMINATION,
+    INSTANCE_DISCRIMINATION_EMBEDDINGS,
+    INSTANCE_DISCRIMINATION_OFF,
+    load_embeddings,
+    stage_report,
+)
 
 N_TRAIN, N_TEST, K = 120, 60, [20, 1]
 
@@ -160,7 +168,7 @@ def test_embed_stage_artifact(project, monkeypatch):
     folder = project / "artifacts/embeddings/final"
     with np.load(folder / "embeddings.npz") as data:
         arrays = {key: data[key] for key in data.files}
-    assert sorted(arrays) == sorted(embed_stage.ARRAY_KEYS)
+    assert sorted(arrays) == sorted(EMBEDDING_ARRAYS)
     assert arrays["train_features"].shape == (N_TRAIN, 256)
     assert arrays["train_embeddings"].shape == (N_TRAIN, 16)
     assert arrays["test_features"].shape == (N_TEST, 256)
@@ -173,7 +181,7 @@ def test_embed_stage_artifact(project, monkeypatch):
     np.testing.assert_array_equal(arrays["test_labels"], prepared.test.labels)
 
     meta = json.loads((folder / "meta.json").read_text())
-    from invprop.checkpoint import file_sha256
+    from invprop.io import file_sha256
 
     assert meta["tag"] == "final" and meta["epoch"] == 3 and meta["dataset"] == "synthetic"
     assert meta["checkpoint"] == "models/pretrain/final.pt"
@@ -310,13 +318,15 @@ def test_evaluate_bank_knn_uses_the_bank(workdir):
 
 def test_instance_discrimination_stage_off_records_why_and_trains_nothing(workdir):
     baseline.run(make_config())
-    assert json.loads((baseline.OUT_DIR / "status.json").read_text()) == {
-        "status": baseline.NOT_RUN
+    assert json.loads((INSTANCE_DISCRIMINATION_EMBEDDINGS / "status.json").read_text()) == {
+        "status": INSTANCE_DISCRIMINATION_OFF
     }
-    assert sorted(p.name for p in baseline.OUT_DIR.iterdir()) == ["status.json"]
-    for folder in (baseline.MODEL_DIR, baseline.LIVE_DIR / "plots" / "metrics"):
+    assert sorted(p.name for p in INSTANCE_DISCRIMINATION_EMBEDDINGS.iterdir()) == ["status.json"]
+    for folder in (INSTANCE_DISCRIMINATION.checkpoints, INSTANCE_DISCRIMINATION.metrics):
         assert folder.is_dir() and not any(folder.iterdir())
-    assert json.loads(baseline.REPORT.read_text()) == {"status": baseline.NOT_RUN}
+    assert json.loads(stage_report("instance_discrimination").read_text()) == {
+        "status": INSTANCE_DISCRIMINATION_OFF
+    }
 
 
 def test_instance_discrimination_stage_trains_invp_off_and_evaluate_scores_it(workdir):
@@ -328,18 +338,18 @@ def test_instance_discrimination_stage_trains_invp_off_and_evaluate_scores_it(wo
         evaluate_stage.run(cfg)
 
     baseline.run(cfg)
-    state = load_checkpoint(baseline.MODEL_DIR / "final.pt")
+    state = load_checkpoint(INSTANCE_DISCRIMINATION.final)
     assert config_diff(cfg, checkpoint_config(state)) == {"pretrain.invp": (True, False)}
     assert state["history"][0]["loss_invariance"] == 0.0
-    embeddings = load_embeddings(baseline.OUT_DIR)
-    assert embeddings.meta["checkpoint"] == str(baseline.MODEL_DIR / "final.pt")
+    embeddings = load_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS)
+    assert embeddings.meta["checkpoint"] == str(INSTANCE_DISCRIMINATION.final)
     invp = load_embeddings("artifacts/embeddings/final")
     assert embeddings.arrays["train_embeddings"].shape == invp.arrays["train_embeddings"].shape
     assert not np.array_equal(
         embeddings.arrays["train_embeddings"], invp.arrays["train_embeddings"]
     )
-    assert not (baseline.OUT_DIR / "status.json").exists()
-    assert json.loads(baseline.REPORT.read_text())["epochs"] == 1
+    assert not (INSTANCE_DISCRIMINATION_EMBEDDINGS / "status.json").exists()
+    assert json.loads(stage_report("instance_discrimination").read_text())["epochs"] == 1
 
     metrics = evaluate_stage.evaluate(cfg)
     assert expected_keys("instance_discrimination", bank=True) <= set(metrics)

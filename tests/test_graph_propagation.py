@@ -15,13 +15,15 @@ import yaml
 from conftest import bfs_reference, exact_table, write_bank_checkpoint
 from typer.testing import CliRunner
 
-from invprop import graph as graph_stage
-from invprop import propagation
+from invprop.cli import bank as bank_cli
 from invprop.cli import graph as graph_cli
+from invprop.cli import propagate as propagate_cli
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
-from invprop.graph import gini, in_degree_stats, label_purity_at_k
-from invprop.propagation import bank_stats, propagation_stats
+from invprop.positive_sets import bank_stats, propagation_stats
+from invprop.stages import graph as graph_stage
+from invprop.stages import propagate as propagation
+from invprop.stages.graph import gini, in_degree_stats, label_purity_at_k
 
 # ---------------------------------------------------------------------------------------
 # Plain references
@@ -274,7 +276,7 @@ def write_embeddings(folder: Path, train: np.ndarray, labels: np.ndarray, counts
 def workspace(tmp_path_factory):
     """Prepared digits, embeddings, three checkpoints; graph and propagate stages run."""
     from invprop.data import load_prepared
-    from invprop.data.prepare import prepare
+    from invprop.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("workspace")
     cfg = config_from_dict(PARAMS)
@@ -437,9 +439,9 @@ def test_graph_stage_input_errors(workspace, tmp_path):
 # CLI
 
 cli = typer.Typer()
-cli.add_typer(graph_cli.graph_app, name="graph")
-cli.add_typer(graph_cli.propagate_app, name="propagate")
-cli.add_typer(graph_cli.bank_app, name="bank")
+cli.add_typer(graph_cli.app, name="graph")
+cli.add_typer(propagate_cli.app, name="propagate")
+cli.add_typer(bank_cli.app, name="bank")
 
 
 def invoke(root: Path, *args: str):
@@ -540,8 +542,8 @@ def test_stage_entry_points(workspace, tmp_path, monkeypatch, capsys):
     """What `python stages/graph.py final` runs (registered here in case pipeline.py lags)."""
     from invprop import pipeline
 
-    monkeypatch.setitem(pipeline.STAGES, "graph", "invprop.graph:run")
-    monkeypatch.setitem(pipeline.STAGES, "propagate", "invprop.propagation:run")
+    monkeypatch.setitem(pipeline.STAGES, "graph", "invprop.stages.graph:run")
+    monkeypatch.setitem(pipeline.STAGES, "propagate", "invprop.stages.propagate:run")
     shutil.copytree(workspace["root"], tmp_path / "ws")
     with chdir(tmp_path / "ws"):
         assert pipeline.main("graph", ["final"]) == 0

@@ -108,7 +108,7 @@ def test_imagenet_preset_runs_end_to_end(tmp_path: Path, preset_name: str) -> No
 
     final = load_checkpoint(project / "models/pretrain/final.pt")
     trained = final["config"]["pretrain"]
-    for key in ("temperature", "n_pos", "knn_k", "hops", "positives", "bank_init", "lr"):
+    for key in ("temperature", "n_pos", "k", "hops", "positives", "bank_init", "lr"):
         assert trained[key] == preset["pretrain"][key], key
     epochs = final["history"]
     assert [row["epoch"] for row in epochs] == [1, 2]

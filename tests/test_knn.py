@@ -1,4 +1,4 @@
-"""Weighted kNN (invprop.knn) against a plain per-query loop and scikit-learn."""
+"""Weighted kNN (invprop.knn_classifier) against a plain per-query loop and scikit-learn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from invprop.knn import knn_accuracy, weighted_knn_scores
+from invprop.knn_classifier import knn_accuracy, weighted_knn_scores
 
 
 def reference_scores(train, labels, queries, k, temperature, num_classes):

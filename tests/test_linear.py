@@ -13,9 +13,9 @@ from invprop.linear import (
     linear_eval_lr,
     linear_probe,
     standardise,
-    stratified_split,
     topk_accuracy,
 )
+from invprop.sampling import holdout_split
 
 
 def blobs(seed, n_per_class, classes=4, dim=10, spread=0.3, shift=5.0):
@@ -97,15 +97,15 @@ def test_stronger_regularisation_shrinks_weights():
     assert small < large
 
 
-def test_stratified_split_is_seeded_stratified_and_disjoint():
+def test_holdout_split_is_seeded_stratified_and_disjoint():
     labels = np.repeat(np.arange(5), [10, 20, 30, 1, 40])
-    fit, val = stratified_split(labels, 0.1, seed=0)
+    fit, val = holdout_split(labels, 0.1, seed=0)
     assert np.intersect1d(fit, val).size == 0
     assert np.union1d(fit, val).size == labels.size
     assert np.bincount(labels[val], minlength=5).tolist() == [1, 2, 3, 0, 4]
-    again_fit, again_val = stratified_split(labels, 0.1, seed=0)
+    again_fit, again_val = holdout_split(labels, 0.1, seed=0)
     assert np.array_equal(val, again_val) and np.array_equal(fit, again_fit)
-    assert not np.array_equal(val, stratified_split(labels, 0.1, seed=1)[1])
+    assert not np.array_equal(val, holdout_split(labels, 0.1, seed=1)[1])
 
 
 def test_unlabeled_train_rows_are_ignored():

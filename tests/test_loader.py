@@ -16,9 +16,10 @@ from invprop.checkpoint import load_checkpoint
 from invprop.config import AugmentConfig, Config, config_from_dict
 from invprop.data import ImageFiles, Split, load_prepared
 from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_source
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import train
+from invprop.stages.prepare import prepare
+from invprop.training import train
+from invprop.workspace import TrainingRun
 
 # Train crops of 28 x 28 from 32 x 32 PNGs.
 IMAGE_SIZE, WRITTEN_SIZE = 28, 32
@@ -201,12 +202,13 @@ def test_training_on_a_folder_is_the_same_run_with_or_without_workers(
                 "n_background": 16,
                 "n_pos": 8,
                 "num_workers": num_workers,
+                "snapshot_epochs": [],
             },
-            embed={"batch_size": 10},
+            embed={"batch_size": 10, "tags": ["final"]},
         )
         prepare(cfg, "imagefolder")  # -> data/prepared/imagefolder, where training reads
         run = tmp_path / f"workers_{num_workers}"
-        summary = train(cfg, out_dir=run / "models", live_dir=run / "live")
+        summary = train(cfg, TrainingRun(run / "models", run / "live"))
         assert summary["train_images"] == 27 and summary["epochs"] == 1
         finals.append(load_checkpoint(run / "models/final.pt"))
     assert finals[0]["config"]["pretrain"]["num_workers"] == 0

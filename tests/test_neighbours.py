@@ -1,4 +1,4 @@
-"""k-NN graph backends (invprop.neighbours) against a brute-force numpy reference."""
+"""k-NN graph backends (invprop.neighbour_search) against a brute-force numpy reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from invprop.errors import InvpropError
-from invprop.neighbours import NEIGHBOUR_BACKENDS, knn_graph, knn_search, recall_at_k
+from invprop.neighbour_search import NEIGHBOUR_BACKENDS, knn_graph, knn_search, recall_at_k
 
 
 def clustered(n: int, d: int, clusters: int, noise: float, seed: int = 0) -> np.ndarray:

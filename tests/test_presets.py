@@ -133,12 +133,12 @@ def translate(args: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "bank_momentum": args["m"],
             "bank_init": "random",
             "invp": bool(args["InvP"]),
-            "knn_k": args["K_nearst"],
+            "k": args["K_nearst"],
             "hops": args["diffusion_layer"],
             "n_pos": args["n_pos"],
             "n_background": args["n_background"],
             "positives": "easy" if args["not_hardpos"] else "hard",
-            "propagation": "concat",
+            "propagator": "concat",
             "background": "code" if args["exclusive"] else "paper",
             "lambda_inv": args["lam_inv"],
             "ramp_epoch": 30,
@@ -189,9 +189,9 @@ def test_paper_preset_takes_the_papers_stated_settings() -> None:
     cfg = merged("imagenet-paper")
     p = cfg["pretrain"]
     assert cfg["model"]["head"] == "linear" and p["temperature"] == 0.07
-    stated = {"lambda_inv": 0.6, "ramp_epoch": 30, "knn_k": 4, "hops": 3, "n_pos": 50}
+    stated = {"lambda_inv": 0.6, "ramp_epoch": 30, "k": 4, "hops": 3, "n_pos": 50}
     assert {k: p[k] for k in stated} == stated
     assert (p["n_background"], p["momentum"], p["batch_size"]) == (4096, 0.9, 128)
-    assert (p["propagation"], p["background"], p["precision"]) == ("exact", "paper", "fp32")
+    assert (p["propagator"], p["background"], p["precision"]) == ("exact", "paper", "fp32")
     # main.py without --cos
     assert (p["schedule"], p["lr_milestones"], p["lr_decay"]) == ("step", [400, 600, 700], 0.1)

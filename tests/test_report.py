@@ -14,9 +14,9 @@ import pytest
 from conftest import exact_table, write_bank_checkpoint
 from PIL import Image
 
-from invprop import report
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
+from invprop.stages import report
 
 PARAMS = {
     "seed": 0,
@@ -56,7 +56,7 @@ ID_OFF_ROW = (
     "| Instance discrimination | not run (evaluate.baselines.instance_discrimination is off) "
     "| – | – | – |"
 )
-TRANSFER = {  # the keys invprop/transfer.py writes
+TRANSFER = {  # the keys invprop/stages/transfer.py writes
     "semi/10pct/finetune/top1": 0.9012,
     "semi/10pct/labels": 12,
     "semi/1pct/finetune/top1": 0.6543,
@@ -88,10 +88,10 @@ def write_tsv(name: str, values: list[float]) -> None:
 def base(tmp_path_factory):
     """Every required input, from the real graph and propagate stages on digits pixels;
     no transfer.json, no snapshots, instance discrimination off, no kNN monitor curve."""
-    from invprop import graph, propagation
     from invprop.data import load_prepared
-    from invprop.data.prepare import prepare
-    from invprop.embed import save_npz
+    from invprop.io import save_npz
+    from invprop.stages import graph, propagate
+    from invprop.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("report")
     cfg = config_from_dict(PARAMS)
@@ -118,7 +118,7 @@ def base(tmp_path_factory):
         (folder / "meta.json").write_text(json.dumps(meta))
         graph.run(cfg, "final")
         with pytest.warns(UserWarning, match="no pretrain snapshots"):
-            propagation.run(cfg, "final")
+            propagate.run(cfg, "final")
         Path("reports/evaluate.json").write_text(json.dumps(EVALUATE))
         Path("reports/pretrain.json").write_text(
             json.dumps(
@@ -141,7 +141,7 @@ def base(tmp_path_factory):
 def full(base, tmp_path_factory):
     """`base` plus every optional input: transfer.json, snapshots (propagate rerun over
     their banks), instance-discrimination figures and the kNN monitor curve."""
-    from invprop import propagation
+    from invprop.stages import propagate
 
     root = tmp_path_factory.mktemp("full") / "ws"
     shutil.copytree(base[0], root)
@@ -156,7 +156,7 @@ def full(base, tmp_path_factory):
             write_bank_checkpoint(
                 Path("models/pretrain") / name, epoch, vectors, exact_table(vectors, 4), cfg
             )
-        propagation.run(cfg, "final")
+        propagate.run(cfg, "final")
         evaluate = dict(EVALUATE)
         del evaluate["instance_discrimination/status"]
         evaluate |= {
@@ -408,7 +408,7 @@ def test_stage_entry_point_prints_a_missing_input_as_one_line(tmp_path, monkeypa
     from invprop import pipeline
 
     # pipeline.STAGES gains "report" from the lead; registering it here changes nothing then.
-    monkeypatch.setitem(pipeline.STAGES, "report", "invprop.report:run")
+    monkeypatch.setitem(pipeline.STAGES, "report", "invprop.stages.report:run")
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(PARAMS))
     assert pipeline.main("report", []) == 2

@@ -15,13 +15,14 @@ import pytest
 import torch
 import yaml
 
-from invprop import train as train_module
+from invprop import training as train_module
 from invprop.checkpoint import load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
 from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.train import learning_rate, train
+from invprop.stages.prepare import prepare
+from invprop.training import learning_rate, train
+from invprop.workspace import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +156,7 @@ def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Pa
     partial temporary file shows the cut; the last run ends equal to an uninterrupted run.
     TINY has 6 steps an epoch, 3 epochs and a snapshot at epoch 1."""
     reference = workdir / "reference"
-    train(tiny_config(), out_dir=reference / "models", live_dir=reference / "live")
+    train(tiny_config(), TrainingRun(reference / "models", reference / "live"))
 
     draw = random.Random(8)
     out = workdir / "models/pretrain"

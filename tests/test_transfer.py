@@ -1,4 +1,4 @@
-"""The transfer stage (invprop.transfer): class-balanced subsets, the one fine-tuning loop on
+"""The transfer stage (invprop.stages.transfer): class-balanced subsets, the one fine-tuning loop on
 a separable toy problem, the stage end to end on a tiny checkpoint, and its input errors."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from conftest import write_model_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invprop import transfer as transfer_stage
 from invprop.checkpoint import build_encoder
 from invprop.config import Config, config_from_dict
 from invprop.data import load_prepared
-from invprop.data.prepare import prepare
 from invprop.errors import InvpropError
-from invprop.transfer import (
-    balanced_subset,
+from invprop.sampling import balanced_subset
+from invprop.stages import transfer as transfer_stage
+from invprop.stages.prepare import prepare
+from invprop.stages.transfer import (
     finetune,
     finetune_steps,
     fraction_label,
@@ -292,7 +292,7 @@ def test_stage_entry_point_reports_a_missing_target_in_one_line(workdir, monkeyp
     from invprop import pipeline
 
     # Registered here until invprop/pipeline.py lists the stage; a no-op afterwards.
-    monkeypatch.setitem(pipeline.STAGES, "transfer", "invprop.transfer:run")
+    monkeypatch.setitem(pipeline.STAGES, "transfer", "invprop.stages.transfer:run")
     Path("params.yaml").write_text(yaml.safe_dump(make_config().to_dict()))
     shutil.rmtree("data/prepared/digits")
     assert pipeline.main("transfer", []) == 2

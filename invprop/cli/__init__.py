@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from invprop.cli import ckpt, data, graph, knn, metrics, params
+from invprop.cli import bank, ckpt, data, graph, knn, metrics, params, propagate
 from invprop.cli.common import command
 from invprop.errors import InvpropError
 
@@ -22,9 +22,9 @@ app = typer.Typer(
 app.add_typer(params.app, name="params")
 app.add_typer(data.app, name="data")
 app.add_typer(ckpt.app, name="ckpt")
-app.add_typer(graph.graph_app, name="graph")
-app.add_typer(graph.propagate_app, name="propagate")
-app.add_typer(graph.bank_app, name="bank")
+app.add_typer(graph.app, name="graph")
+app.add_typer(propagate.app, name="propagate")
+app.add_typer(bank.app, name="bank")
 knn.register(app)
 metrics.register(app)
 

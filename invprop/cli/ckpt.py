@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.config import config_diff
 from invprop.errors import InvpropError
 
 app = typer.Typer(
@@ -127,7 +128,6 @@ def show(checkpoint: Path = CHECKPOINT_ARGUMENT, as_json: bool = JSON_OPTION) ->
 def compare(a: Path, state_a: dict[str, Any], b: Path, state_b: dict[str, Any]) -> dict[str, Any]:
     """The facts `ckpt diff` prints: per field {"a", "b"}, differing params, equal tensors."""
     from invprop.checkpoint import checkpoint_config
-    from invprop.config import config_diff
 
     params = config_diff(checkpoint_config(state_a), checkpoint_config(state_b))
     return {

@@ -1,19 +1,27 @@
-"""Helpers every CLI command shares: one-line user errors and `--json` or rich output."""
+"""Helpers the CLI commands share: one-line user errors, `--json` or rich output, and the
+view of one image's neighbourhood that `graph neighbours` and `propagate show` print."""
 
 from __future__ import annotations
 
 import functools
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+TAG_OPTION = typer.Option("final", "--tag", help="Embeddings tag: final or epoch_NNNN.")
+PARAMS_OPTION = typer.Option(
+    Path("params.yaml"), "--params", help="Params file (propagate.k, hops, n_pos)."
+)
+SHOW_OPTION = typer.Option(8, "--show", min=1, max=32, help="Images per row of the PNG grid.")
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
@@ -49,3 +57,70 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     Console().print(table)
+
+
+def number_or_na(value: float | None) -> float | str:
+    return "n/a" if value is None else value
+
+
+def propagate_params(params: Path) -> Any:
+    return load_config(params).propagate if params.exists() else Config().propagate
+
+
+def show_anchor(
+    tag: str,
+    index: int,
+    hops: int | None,
+    params: Path,
+    out: Path | None,
+    show: int,
+    as_json: bool,
+    neighbours: bool,
+) -> None:
+    """What `graph neighbours` and `propagate show` print (and draw, with --out)."""
+    from invprop.neighbourhood import draw_grid, inspect_anchor
+    from invprop.workspace import load_checked_graph, prepared_if_present
+
+    graph, _, emb = load_checked_graph(tag)
+    prepared = prepared_if_present(emb.dataset)
+    result = inspect_anchor(
+        tag, graph, emb, prepared, index, hops, propagate_params(params), neighbours
+    )
+    if out is not None:
+        draw_grid(result, prepared, out, show)
+        result["png"] = str(out)
+    if as_json:
+        print_json(result)
+        return
+    title = (
+        f"image {index} ({result['class']}), graph {tag}"
+        if neighbours
+        else (f"positives of image {index} ({result['class']}), {tag}")
+    )
+    print_anchor(result, title)
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+def print_anchor(result: dict[str, Any], title: str) -> None:
+    rows = []
+    if "neighbours" in result:
+        rows += [
+            (
+                f"neighbour {e['rank']}",
+                e["id"],
+                e["class"],
+                e["sim"],
+                "yes" if e["same_label"] else "no",
+            )
+            for e in result["neighbours"]
+        ]
+    for hop in result["positives_by_hop"]:
+        purity = "n/a" if hop["purity"] is None else f"purity {hop['purity']:.3f}"
+        rows.append((f"hop {hop['hop']}", f"{hop['size']} new", "", "", purity))
+    for kind in ("hard", "easy"):
+        rows += [
+            (f"{kind} {r + 1}", e["id"], e["class"], e["sim"], "yes" if e["same_label"] else "no")
+            for r, e in enumerate(result[kind])
+        ]
+    print_table(title, ["kind", "id", "class", "sim", "same label"], rows)

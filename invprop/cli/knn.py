@@ -3,9 +3,10 @@
     invprop knn models/pretrain/snapshots/epoch_0010.pt --k 200 --k 20
     invprop knn artifacts/embeddings/final --json
 
-Same function as the evaluate stage (invprop.knn); clean protocol: train images are
-re-embedded without augmentation. A checkpoint is embedded with invprop.embed.extract on
-the prepared data of the dataset it was trained on, and its memory bank is scored too.
+Same function as the evaluate stage (invprop.knn_classifier); clean protocol: train images
+are re-embedded without augmentation. A checkpoint is embedded with
+invprop.inference.extract on the prepared data of the dataset it was trained on, and its
+memory bank is scored too.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def knn_of_embeddings(
     folder: Path, ks: list[int], temperature: float, device: str
 ) -> dict[str, Any]:
     """Flat kNN metrics of an embeddings folder (features and head embeddings)."""
-    from invprop.embed import load_embeddings, resolve_device
-    from invprop.evaluate import knn_metrics
+    from invprop.inference import resolve_device
+    from invprop.knn_classifier import knn_metrics
+    from invprop.workspace import load_embeddings
 
     dev = resolve_device(device)
     data = load_embeddings(folder)
@@ -71,13 +73,14 @@ def knn_of_checkpoint(
 
     from invprop.checkpoint import checkpoint_config, encoder_from_checkpoint, load_checkpoint
     from invprop.data import load_prepared
-    from invprop.embed import PREPARED_DIR, check_compatible, extract, resolve_device
-    from invprop.evaluate import knn_metrics
+    from invprop.inference import check_compatible, extract, resolve_device
+    from invprop.knn_classifier import knn_metrics
+    from invprop.workspace import prepared_dataset
 
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint)
     cfg = checkpoint_config(state)
-    prepared = load_prepared(data or PREPARED_DIR / cfg.data.name)
+    prepared = load_prepared(data) if data else prepared_dataset(cfg.data.name)
     check_compatible(cfg, cfg, prepared, str(checkpoint))
     encoder, _, _ = encoder_from_checkpoint(state, dev)
     num_classes = len(prepared.classes)

@@ -24,7 +24,6 @@ from invprop.cli.common import JSON_OPTION, command, print_json, print_table
 from invprop.errors import InvpropError
 
 WORKSPACE = "workspace"
-REPORTS = Path("reports")
 
 FILES_ARGUMENT = typer.Argument(
     None, help="Metric JSON files (default: every reports/*.json).", show_default=False
@@ -77,6 +76,8 @@ def _parse(text: str, where: str) -> dict[str, Any]:
 
 
 def _default_files(rev: str | None) -> list[Path]:
+    from invprop.workspace import REPORTS_DIR as REPORTS  # numpy: not for `invprop --help`
+
     if rev is None:
         return sorted(REPORTS.glob("*.json"))
     listing = _git("ls-tree", "--name-only", rev, f"{REPORTS}/")
@@ -145,8 +146,10 @@ def metrics(
 
     Example: invprop metrics --table; invprop metrics --rev HEAD~1 reports/evaluate.json
     """
+    from invprop.workspace import REPORTS_DIR as REPORTS  # numpy: not for `invprop --help`
+
     if table:
-        from invprop.report import results_tables
+        from invprop.stages.report import results_tables
 
         tables = results_tables(REPORTS)
         if as_json:

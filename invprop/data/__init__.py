@@ -32,8 +32,6 @@ from invprop.data.sources import (
     SourceOptions,
     get_source,
     register,
-    stratified_split,
-    stratified_subset,
 )
 
 if TYPE_CHECKING:
@@ -66,8 +64,6 @@ __all__ = [
     "load_prepared",
     "load_size",
     "register",
-    "stratified_split",
-    "stratified_subset",
 ]
 
 

@@ -9,23 +9,24 @@ import numpy as np
 
 from invprop.data.sources import (
     SPLIT_SEED,
+    TEST_FRACTION,
     ArraySplit,
     RawDataset,
     SourceOptions,
     register,
-    stratified_split,
 )
+from invprop.sampling import stratified_split
 
 
 @register("digits", format="arrays", layout="scikit-learn's bundled digits (no files needed)")
 def read_digits(opts: SourceOptions) -> RawDataset:
     """1,797 8x8 grey digits (values 0..16, scaled to 0..255), split 80/20 with a fixed seed."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn only for this dataset
 
     bunch = load_digits()
     images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
-    train, test = stratified_split(labels)
+    train, test = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
     source = Path(str(importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"))
     return RawDataset(
         ArraySplit(images[train], labels[train]),

@@ -130,6 +130,7 @@ def _class_names(path: Path, key: str, n_classes: int, fix: str) -> list[str]:
 
 def _download(cls_name: str) -> Callable[[Path], None]:
     def download(root: Path) -> None:
+        # torchvision (and torch) only to download: reading and prepare never load it
         import torchvision.datasets
 
         getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)

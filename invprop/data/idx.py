@@ -108,6 +108,7 @@ def _read_split(folder: Path, split: str) -> ArraySplit:
 
 
 def _download(root: Path) -> None:
+    # torchvision (and torch) only to download: reading and the prepare stage never load it
     from torchvision.datasets import FashionMNIST
 
     for train in (True, False):

@@ -22,18 +22,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import track
 
 from invprop.data.sources import (
     SPLIT_SEED,
+    TEST_FRACTION,
     FileSplit,
     RawDataset,
     SourceFile,
     SourceOptions,
     register,
     say,
-    stratified_split,
 )
 from invprop.errors import InvpropError
+from invprop.sampling import stratified_split
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -87,8 +91,6 @@ def scan_folder(folder: Path) -> dict[str | None, list[Path]]:
 
 def _check_one(path: Path, full: bool) -> tuple[str, str, int]:
     """(PIL mode, sha256 of the bytes or "", size) of one image; an error if it is bad."""
-    from PIL import Image
-
     try:
         if full:
             data = path.read_bytes()
@@ -115,9 +117,6 @@ def check_images(root: Path, files: list[str]) -> tuple[SourceFile, int]:
     full = len(files) <= FULL_CHECK_MAX_FILES
     how = "decoding" if full else "verifying headers of"
     say(f"prepare imagefolder: {how} {len(files)} images in {root}")
-    from rich.console import Console
-    from rich.progress import track
-
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(lambda f: _check_one(root / f, full), files)
@@ -172,7 +171,7 @@ def read_imagefolder(opts: SourceOptions) -> RawDataset:
     classes = sorted({name for scan in scans for name in scan if name is not None})
     splits = [_split(root, scan, classes) for scan in scans]
     if len(splits) == 1:
-        train_idx, test_idx = stratified_split(splits[0].labels)
+        train_idx, test_idx = stratified_split(splits[0].labels, TEST_FRACTION, SPLIT_SEED)
         splits = [splits[0].take(train_idx), splits[0].take(test_idx)]
     # Sources and channels come from check_images, which prepare runs after any
     # train_limit/test_limit subset, so a quick run on a huge folder checks only its part.

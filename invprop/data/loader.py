@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from invprop.augment import CroppedImageFiles
+from invprop.data.tensors import as_tensor, convert_channels, load_batches
+
 if TYPE_CHECKING:
     from invprop.config import Config
     from invprop.data.prepared import PreparedDataset
@@ -74,8 +77,6 @@ class TrainImages:
     crops_in_workers = False
 
     def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
-        from invprop.data.tensors import as_tensor, convert_channels
-
         self.images = convert_channels(as_tensor(prepared.train), cfg.data.channels).to(device)
         self.labels = torch.as_tensor(prepared.train.labels)
         self.n = self.images.shape[0]
@@ -108,9 +109,6 @@ class FolderImages:
     def batches(
         self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from invprop.augment import CroppedImageFiles
-        from invprop.data.tensors import load_batches
-
         cfg = self.cfg
         crops = CroppedImageFiles(
             self.split,

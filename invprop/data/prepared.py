@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from invprop.errors import InvpropError
 
 META_VERSION = 1
+META_FILE = "meta.json"
 SPLITS = ("train", "test")
 RERUN = "rerun the prepare stage (`dvc repro` or `invprop stage prepare <dataset>`)"
 
@@ -70,8 +72,6 @@ def decode_image(path: Path, shape: Sequence[int]) -> np.ndarray:
 
     Raises InvpropError naming the file when it cannot be decoded.
     """
-    from PIL import Image, ImageOps
-
     channels, height, width = (int(v) for v in shape)
     image = open_image(path, channels, (width, height))
     return to_chw(ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR))
@@ -163,8 +163,18 @@ def _bad(path: Path, problem: str) -> InvpropError:
     return InvpropError(f"prepared dataset: {path}: {problem}; {RERUN}")
 
 
+def split_files(folder: Path, split: str) -> dict[str, Path]:
+    """Where a split's files live in a prepared folder: images and labels ("arrays"
+    format), or index ("files" format). The prepare stage writes them, load_prepared reads."""
+    return {
+        "images": folder / f"{split}_images.npy",
+        "labels": folder / f"{split}_labels.npy",
+        "index": folder / f"{split}_index.json",
+    }
+
+
 def _read_meta(folder: Path) -> dict[str, Any]:
-    path = folder / "meta.json"
+    path = folder / META_FILE
     if not folder.is_dir():
         raise InvpropError(f"prepared dataset {folder} not found; {RERUN}")
     if not path.is_file():
@@ -217,7 +227,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_arrays(folder: Path, split: str, meta: dict[str, Any]) -> Split:
-    image_path = folder / f"{split}_images.npy"
+    image_path = split_files(folder, split)["images"]
     images = _load_npy(image_path)
     if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != meta["shape"]:
         raise _bad(
@@ -227,14 +237,14 @@ def _load_arrays(folder: Path, split: str, meta: dict[str, Any]) -> Split:
         )
     if len(images) != meta["counts"].get(split):
         raise _bad(image_path, f"{len(images)} images but meta.json counts {meta['counts']}")
-    label_path = folder / f"{split}_labels.npy"
+    label_path = split_files(folder, split)["labels"]
     labels = _load_npy(label_path)
     _check_labels(label_path, labels, len(images), len(meta["classes"]))
     return Split(split, images, labels)
 
 
 def _load_files(folder: Path, split: str, meta: dict[str, Any]) -> Split:
-    path = folder / f"{split}_index.json"
+    path = split_files(folder, split)["index"]
     if not path.is_file():
         raise _bad(path, "missing")
     try:

@@ -14,7 +14,6 @@ imports numpy only.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -272,47 +271,3 @@ def check_labels(labels: np.ndarray, n_classes: int, where: str, fix: str) -> np
 def check_counts(n_images: int, n_labels: int, where: str, fix: str) -> None:
     if n_images != n_labels:
         raise InvpropError(f"{where}: {n_images} images but {n_labels} labels; {fix}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of `size` items keeping class proportions.
-
-    Each class (-1 counts as one) gets floor(size * n_class / n) items, and the leftover
-    items go to the classes with the largest remainders (ties: lower label first), so every
-    class's share is within one item of its exact proportional share. The whole set when
-    `size >= len(labels)`.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if size >= n:
-        return np.arange(n)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    quota = counts * size // n
-    remainder = counts * size % n
-    extra = size - int(quota.sum())
-    quota[np.argsort(-remainder, kind="stable")[:extra]] += 1
-    rng = np.random.default_rng(seed)
-    picked = [
-        rng.choice(np.flatnonzero(inverse == group), int(q), replace=False)
-        for group, q in enumerate(quota)
-        if q
-    ]
-    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
-
-
-def stratified_split(
-    labels: np.ndarray, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded class-stratified (train, test) indices, both sorted, for unsplit datasets."""
-    n = len(labels)
-    test = stratified_subset(labels, round(n * test_fraction), seed)
-    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
-    return train, test

@@ -28,7 +28,7 @@ CLASSES = [str(d) for d in range(10)]
 
 
 def _read_mat(path: Path) -> ArraySplit:
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # scipy only for SVHN's .mat files
 
     fix = "download the file again from http://ufldl.stanford.edu/housenumbers/"
     try:
@@ -53,6 +53,7 @@ def _read_mat(path: Path) -> ArraySplit:
 
 
 def _download(root: Path) -> None:
+    # torchvision (and torch) only to download: reading and the prepare stage never load it
     from torchvision.datasets import SVHN
 
     for split in FILES:

@@ -130,8 +130,8 @@ class MemoryBank(nn.Module):
     ) -> None:
         """Forward init: vectors = normalised embeddings [n, dim]; table = exact k-NN of them.
 
-        Makes the neighbours meaningful from step one (METHOD.md, "do better"). Memory stays
-        bounded by chunking (see :func:`knn_table`).
+        Makes the neighbours meaningful from step one (docs/method.md, "Choices against the
+        authors' code"). Memory stays bounded by chunking (see :func:`knn_table`).
         """
         if tuple(embeddings.shape) != tuple(self.vectors.shape):
             raise ValueError(

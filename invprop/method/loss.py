@@ -90,7 +90,7 @@ def select_positives(
     anchor padded in). The selection runs on the candidate list as is, like the authors'
     ``pos_sim.topk(min(n_pos, C), largest=False)``: with ``concat`` propagation a duplicated
     candidate can be selected several times and the anchor itself can be selected. Unlike the
-    authors (who take min(P, C)), P > C is an error (METHOD.md: a params error).
+    authors (who take min(P, C)), P > C is an error (docs/method.md, "Edge rules").
     """
     if mode not in POSITIVE_MODES:
         raise ValueError(f"unknown positives mode {mode!r}; use one of {POSITIVE_MODES}")
@@ -266,7 +266,7 @@ def ramp_weight(epoch: int, ramp_epoch: int, lambda_inv: float) -> float:
     As the authors' code: main.py at WangFeng18/InvariancePropagation@cad924e counts epochs
     from 1 (``range(start_epoch, max_epoch)``, ``start_epoch = 1``) and weights the term by
     ``BinaryRampUp(i_epoch, 30) = int(i_epoch > 30)``, so it starts at epoch 31, i.e.
-    ramp_epoch + 1 here (METHOD.md's rule).
+    ramp_epoch + 1 here (docs/method.md's rule).
     """
     if epoch < 1:
         raise ValueError(f"epochs count from 1, got {epoch}")

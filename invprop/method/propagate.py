@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from invprop.config import max_positives
+from invprop.bounds import max_positives
 
 __all__ = [
     "PROPAGATORS",

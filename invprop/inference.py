@@ -1,31 +1,20 @@
-"""Clean embeddings of a split, and the embed stage that stores them per checkpoint.
+"""Inference: a network's clean representations of a split, on the right device.
 
 `extract` is the one way to turn images into representations without augmentation: the
-embed stage, the evaluate stage's baselines, the pretrain loop (forward-filled bank and kNN
-monitor) and `invprop knn` all call it, so they all see the same preprocessing:
-`invprop.augment.center` at data.image_size with the prepared data's channel statistics,
-after converting the images to the model's channel count.
-
-Stage artifact, `artifacts/embeddings/<tag>/` (written atomically as one folder)::
-
-    embeddings.npz   train_features [N, F] float32   train_embeddings [N, d] float32
-                     train_labels [N] int64 (-1 = unlabeled)
-                     test_features [M, F]  test_embeddings [M, d]  test_labels [M]
-    meta.json        tag, checkpoint, checkpoint_sha256, epoch, dataset, training_hash,
-                     num_classes, counts {train, test}, dims {features, embeddings},
-                     device, seconds
-
-plus `reports/embed_<tag>.json` (counts, dims, timing). Rows follow the prepared split's
-order, which is also the memory bank's order.
+embed stage, the evaluate stage's baselines, the training loop (forward-filled bank and kNN
+monitor), the linear probe and `invprop knn` all call it, so they all see the same
+preprocessing: `invprop.augment.center` at data.image_size, normalised as in training
+(`input_normalisation`: augment.mean/std for the pretraining dataset when set, else the
+prepared data's channel statistics), after converting the images to the model's channel
+count. `embed_checkpoint` gives the arrays of an embeddings artifact (invprop.workspace
+writes them); rows follow the prepared split's order, which is also the memory bank's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,44 +22,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop.augment import center
+from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, training_hash
 from invprop.config import Config
+from invprop.data import convert_channels, decode_batches
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, load_npz, read_json, save_npz, write_json
+from invprop.io import file_sha256
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
     from invprop.models import Encoder
 
 __all__ = [
-    "EMBEDDINGS_DIR",
-    "EmbeddingSet",
     "check_compatible",
-    "checkpoint_for_tag",
     "embed_checkpoint",
     "extract",
     "inference_autocast",
     "input_normalisation",
-    "load_embeddings",
     "normalisation",
     "resolve_device",
-    "run",
 ]
 
-EMBEDDINGS_DIR = Path("artifacts/embeddings")
-PRETRAIN_DIR = Path("models/pretrain")
-PREPARED_DIR = Path("data/prepared")
-REPORTS_DIR = Path("reports")
-ARRAY_KEYS = (
-    "train_features",
-    "train_embeddings",
-    "train_labels",
-    "test_features",
-    "test_embeddings",
-    "test_labels",
-)
 # ITU-R BT.601 luma weights, as invprop.data.tensors.convert_channels uses.
 _LUMA = (0.299, 0.587, 0.114)
-_TAG = re.compile(r"^(final|epoch_\d{4})$")
 
 
 def log(message: str) -> None:
@@ -122,8 +96,6 @@ def _uint8_batches(
     split: Split, channels: int, batch_size: int, device: torch.device, num_workers: int
 ) -> Iterator[Tensor]:
     """uint8 [B, C, H, W] batches of the split, in order, on `device`, with `channels`."""
-    from invprop.data import convert_channels, decode_batches
-
     non_blocking = device.type == "cuda"
     if isinstance(split.images, np.ndarray):  # "arrays": slice the memmap, no workers needed
         for start in range(0, len(split.images), batch_size):
@@ -168,8 +140,6 @@ def extract(
     1.28M-image split never has to fit on the GPU twice). With `batch_statistics`, BatchNorm
     layers use batch statistics, as in a training step, and refresh their running estimates.
     """
-    from invprop.augment import center
-
     if device is None:
         device = next(encoder.parameters()).device
     device = torch.device(device)
@@ -253,104 +223,20 @@ def check_compatible(
             )
 
 
-def checkpoint_for_tag(tag: str, pretrain_dir: Path = PRETRAIN_DIR) -> Path:
-    """The checkpoint of a tag: final -> final.pt, epoch_NNNN -> snapshots/epoch_NNNN.pt."""
-    if not _TAG.match(tag):
-        raise InvpropError(
-            f"embedding tag {tag!r} is not 'final' or 'epoch_NNNN' (four digits, e.g. epoch_0010)"
-        )
-    return pretrain_dir / "final.pt" if tag == "final" else pretrain_dir / "snapshots" / f"{tag}.pt"
-
-
-# ---------------------------------------------------------------------------------------
-# The artifact
-
-
-class EmbeddingSet:
-    """A loaded `artifacts/embeddings/<tag>/` folder, validated (row counts, dtypes)."""
-
-    def __init__(self, folder: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]):
-        self.folder = folder
-        self.arrays = arrays
-        self.meta = meta
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.arrays[key]
-
-    def tensor(self, key: str) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.arrays[key]))
-
-    @property
-    def num_classes(self) -> int:
-        if "num_classes" in self.meta:
-            return int(self.meta["num_classes"])
-        labels = np.concatenate([self.arrays["train_labels"], self.arrays["test_labels"]])
-        return int(labels.max()) + 1
-
-
-def load_embeddings(folder: str | Path) -> EmbeddingSet:
-    """Load and validate an embeddings folder; errors name the file and the fix."""
-    folder = Path(folder)
-    path = folder / "embeddings.npz"
-    fix = "rerun the embed stage (dvc repro embed)"
-    if not folder.is_dir():
-        raise InvpropError(f"embeddings folder {folder} not found; {fix}")
-    arrays = load_npz(path, "embeddings")
-    missing = [key for key in ARRAY_KEYS if key not in arrays]
-    if missing:
-        raise InvpropError(f"{path} lacks array {missing[0]!r}; {fix}")
-    for split in ("train", "test"):
-        features = arrays[f"{split}_features"]
-        embeddings = arrays[f"{split}_embeddings"]
-        labels = arrays[f"{split}_labels"]
-        if features.ndim != 2 or embeddings.ndim != 2 or labels.ndim != 1:
-            raise InvpropError(
-                f"{path}: {split} arrays must be 2-D features/embeddings and 1-D labels, got "
-                f"{features.shape}, {embeddings.shape}, {labels.shape}; {fix}"
-            )
-        if not (features.shape[0] == embeddings.shape[0] == labels.shape[0]):
-            raise InvpropError(
-                f"{path}: {split}_features has {features.shape[0]} rows, {split}_embeddings "
-                f"{embeddings.shape[0]}, {split}_labels {labels.shape[0]}; they must match; {fix}"
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise InvpropError(
-                f"{path}: {split}_labels must be integers, got {labels.dtype}; {fix}"
-            )
-    for key in ("features", "embeddings"):
-        if arrays[f"train_{key}"].shape[1] != arrays[f"test_{key}"].shape[1]:
-            raise InvpropError(
-                f"{path}: train_{key} and test_{key} differ in width "
-                f"({arrays[f'train_{key}'].shape[1]} vs {arrays[f'test_{key}'].shape[1]}); {fix}"
-            )
-    meta_path = folder / "meta.json"
-    meta = read_json(meta_path, "embeddings meta") if meta_path.exists() else {}
-    return EmbeddingSet(folder, arrays, meta)
-
-
 def embed_checkpoint(
     cfg: Config,
     checkpoint: str | Path,
-    out_dir: str | Path,
+    prepared: PreparedDataset,
     tag: str,
-    prepared_dir: str | Path | None = None,
     device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Extract train and test embeddings of `checkpoint` into `out_dir`; return its meta.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Train and test features, embeddings and labels of `checkpoint` on `prepared`, and
+    their meta: the contents of an embeddings artifact (invprop.workspace.EmbeddingSet).
 
     The meta holds no timings or device names, so the same inputs give the same artifact.
     """
-    from invprop.checkpoint import (
-        encoder_from_checkpoint,
-        file_sha256,
-        load_checkpoint,
-        training_hash,
-    )
-    from invprop.data import load_prepared
-
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint = Path(checkpoint)
     dev = resolve_device(device if device is not None else cfg.pretrain.device)
-    prepared = load_prepared(prepared_dir or PREPARED_DIR / cfg.data.name)
     state = load_checkpoint(checkpoint)
     encoder, ckpt_cfg, state = encoder_from_checkpoint(state, dev)
     check_compatible(ckpt_cfg, cfg, prepared, str(checkpoint))
@@ -359,11 +245,6 @@ def embed_checkpoint(
             f"note: {checkpoint} was trained with other pretrain params than params.yaml has "
             "now (training hash differs); embedding it as it is"
         )
-    n_rows = len(prepared.train) + len(prepared.test)
-    ensure_free_space(
-        out_dir.parent, n_rows * (encoder.feature_dim + encoder.dim) * 4 + n_rows * 16, "embeddings"
-    )
-
     log(f"{tag}: {checkpoint} (epoch {state['epoch']}) on {dev}")
     arrays: dict[str, np.ndarray] = {}
     for split in (prepared.train, prepared.test):
@@ -382,40 +263,4 @@ def embed_checkpoint(
         "counts": {"train": len(prepared.train), "test": len(prepared.test)},
         "dims": {"features": encoder.feature_dim, "embeddings": encoder.dim},
     }
-    with atomic_dir(out_dir) as tmp:
-        save_npz(tmp / "embeddings.npz", arrays)
-        write_json(tmp / "meta.json", meta)
-    return meta
-
-
-def run(cfg: Config, *tags: str) -> None:
-    """The embed stage: embed each tag (default cfg.embed.tags) and write its report.
-
-    Tag "final" reads models/pretrain/final.pt, "epoch_NNNN" the snapshot of that epoch;
-    each writes artifacts/embeddings/<tag>/ and reports/embed_<tag>.json.
-    """
-    names: Sequence[str] = list(tags) or cfg.embed.tags
-    checkpoints = {tag: checkpoint_for_tag(tag) for tag in names}  # bad tags fail first
-    device = resolve_device(cfg.pretrain.device)
-    for tag, checkpoint in checkpoints.items():
-        start = time.perf_counter()
-        meta = embed_checkpoint(cfg, checkpoint, EMBEDDINGS_DIR / tag, tag, device=device)
-        seconds = time.perf_counter() - start
-        images = meta["counts"]["train"] + meta["counts"]["test"]
-        write_json(
-            REPORTS_DIR / f"embed_{tag}.json",
-            {
-                "tag": tag,
-                "epoch": meta["epoch"],
-                "counts": meta["counts"],
-                "dims": meta["dims"],
-                "device": str(device),
-                "seconds": round(seconds, 3),
-                "images_per_second": round(images / max(seconds, 1e-9), 1),
-            },
-        )
-        log(
-            f"{tag}: {images} images -> {EMBEDDINGS_DIR / tag} "
-            f"({meta['dims']['features']}-d features, {meta['dims']['embeddings']}-d "
-            f"embeddings, {seconds:.1f} s)"
-        )
+    return arrays, meta

@@ -2,7 +2,7 @@
 
 Reads `artifacts/embeddings/final/` (embed stage), `models/pretrain/final.pt` (its memory
 bank), `data/prepared/<data.name>/` (labels, and images for the baselines) and, when that
-baseline is on, `artifacts/embeddings/instance_discrimination/` (invprop.baseline). Every input
+baseline is on, `artifacts/embeddings/instance_discrimination/` (its own stage). Every input
 is checked before any work starts, with errors that name the file and the stage to rerun.
 
 Keys (all flat, "/"-separated, so DVC metrics, the report and `invprop metrics` read them
@@ -41,36 +41,38 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from invprop.baseline import NOT_RUN
-from invprop.baseline import OUT_DIR as INSTANCE_DISCRIMINATION_DIR
-from invprop.config import Config
-from invprop.embed import (
-    EMBEDDINGS_DIR,
-    PREPARED_DIR,
-    PRETRAIN_DIR,
-    EmbeddingSet,
-    check_compatible,
-    extract,
-    load_embeddings,
-    resolve_device,
+from invprop.checkpoint import (
+    build_encoder,
+    checkpoint_config,
+    encoder_from_checkpoint,
+    load_checkpoint,
 )
+from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.io import write_json
-from invprop.knn import knn_accuracy
-from invprop.linear import LinearProbeResult, linear_probe, sgd_augmented_probe
+from invprop.inference import check_compatible, extract, resolve_device
+from invprop.io import file_sha256
+from invprop.knn_classifier import knn_metrics
+from invprop.linear import lbfgs_probe, linear_metrics, sgd_augmented_probe
+from invprop.workspace import (
+    INSTANCE_DISCRIMINATION_EMBEDDINGS,
+    INSTANCE_DISCRIMINATION_OFF,
+    PRETRAIN,
+    EmbeddingSet,
+    embeddings_dir,
+    has_embeddings,
+    load_embeddings,
+    prepared_dataset,
+    write_stage_report,
+)
 
 __all__ = [
     "PIXEL_BUDGET_BYTES",
-    "REPORT",
     "evaluate",
-    "knn_metrics",
-    "linear_metrics",
     "pixel_metrics",
     "random_init_metrics",
     "run",
 ]
 
-REPORT = Path("reports/evaluate.json")
 # The raw-pixel baseline is skipped when the labelled pixels would exceed this (float32).
 PIXEL_BUDGET_BYTES = 4 << 30
 
@@ -81,81 +83,6 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Building blocks: each returns flat metrics under a prefix
-
-
-def knn_metrics(
-    prefix: str,
-    train: Tensor,
-    train_labels: Tensor,
-    test: Tensor,
-    test_labels: Tensor,
-    ks: list[int],
-    temperature: float,
-    num_classes: int,
-    device: torch.device,
-) -> dict[str, float]:
-    """Weighted kNN for every k in `ks`: {prefix}/k{K}/{top1,top5} and {prefix}/seconds."""
-    start = time.perf_counter()
-    result = knn_accuracy(
-        train.to(device),
-        train_labels.to(device),
-        test.to(device),
-        test_labels.to(device),
-        ks,
-        temperature,
-        num_classes,
-    )
-    out: dict[str, float] = {}
-    for k, scores in result.items():
-        out[f"{prefix}/k{k}/top1"] = scores["top1"]
-        out[f"{prefix}/k{k}/top5"] = scores["top5"]
-    out[f"{prefix}/seconds"] = round(time.perf_counter() - start, 3)
-    return out
-
-
-def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
-    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen), and
-    {prefix}/authors_best_on_test/{top1,top5,epoch} when the protocol computed it."""
-    out: dict[str, Any] = {
-        f"{prefix}/top1": result.top1,
-        f"{prefix}/top5": result.top5,
-        f"{prefix}/seconds": round(result.seconds, 3),
-        f"{prefix}/protocol": result.protocol,
-    }
-    if result.c is not None:
-        out[f"{prefix}/c"] = result.c
-    if result.best_on_test_top1 is not None:
-        out[f"{prefix}/authors_best_on_test/top1"] = result.best_on_test_top1
-        out[f"{prefix}/authors_best_on_test/top5"] = result.best_on_test_top5
-        out[f"{prefix}/authors_best_on_test/epoch"] = result.best_on_test_epoch
-    return out
-
-
-def lbfgs_probe(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    cfg: Config,
-    num_classes: int,
-    device: torch.device,
-) -> LinearProbeResult:
-    """The linear probe with cfg.evaluate.linear's settings; unlabeled test rows (-1) are
-    left out of the accuracy."""
-    lin = cfg.evaluate.linear
-    counted = test_y >= 0
-    return linear_probe(
-        train_x,
-        train_y,
-        test_x[counted],
-        test_y[counted],
-        num_classes,
-        lin.c_grid,
-        lin.val_fraction,
-        lin.max_iter,
-        cfg.seed,
-        device,
-    )
 
 
 def _tensor(array: np.ndarray) -> Tensor:
@@ -267,8 +194,6 @@ def random_init_metrics(
     """The network pretraining starts from, build_encoder(init_cfg) (default `cfg`; the
     stage passes the checkpoint's config): clean kNN on its features and embeddings, and
     the linear probe on its features."""
-    from invprop.checkpoint import build_encoder
-
     init_cfg = init_cfg or cfg
     start = time.perf_counter()
     encoder = build_encoder(init_cfg).to(device).eval()
@@ -293,7 +218,7 @@ def random_init_metrics(
 
 
 def _check_embeddings(embeddings: EmbeddingSet, prepared: Any, what: str) -> None:
-    path = embeddings.folder / "embeddings.npz"
+    path = embeddings.path
     for split in (prepared.train, prepared.test):
         labels = embeddings[f"{split.name}_labels"]
         if labels.shape[0] != len(split.labels) or not np.array_equal(labels, split.labels):
@@ -320,8 +245,6 @@ def _load_run(
     folder: Path, prepared: Any, cfg: Config, what: str, checkpoint: Path | None
 ) -> tuple[EmbeddingSet, dict[str, Any] | None]:
     """Load and cross-check an embeddings folder and (when given and present) its checkpoint."""
-    from invprop.checkpoint import checkpoint_config, file_sha256, load_checkpoint
-
     embeddings = load_embeddings(folder)
     _check_embeddings(embeddings, prepared, what)
     if checkpoint is None or not checkpoint.is_file():
@@ -337,40 +260,37 @@ def _load_run(
     return embeddings, state
 
 
-def evaluate(
-    cfg: Config,
-    embeddings_dir: Path = EMBEDDINGS_DIR / "final",
-    checkpoint: Path = PRETRAIN_DIR / "final.pt",
-    prepared_dir: Path | None = None,
-) -> dict[str, Any]:
+def evaluate(cfg: Config) -> dict[str, Any]:
     """Compute every metric of the evaluate stage and return them as one flat dict."""
-    from invprop.checkpoint import checkpoint_config, encoder_from_checkpoint
-    from invprop.data import load_prepared
-
     start = time.perf_counter()
     device = resolve_device(cfg.pretrain.device)
-    prepared = load_prepared(prepared_dir or PREPARED_DIR / cfg.data.name)
+    prepared = prepared_dataset(cfg.data.name)
 
     # Everything is loaded and checked before any computation.
-    invp, state = _load_run(Path(embeddings_dir), prepared, cfg, "final", Path(checkpoint))
+    checkpoint = PRETRAIN.final
+    invp, state = _load_run(embeddings_dir("final"), prepared, cfg, "final", checkpoint)
     if state is None:
         raise InvpropError(f"checkpoint not found: {checkpoint}; run the pretrain stage first")
-    bank = _bank_for(state, len(prepared.train), Path(checkpoint))
+    bank = _bank_for(state, len(prepared.train), checkpoint)
     baselines = cfg.evaluate.baselines
     instance: tuple[EmbeddingSet, Tensor | None, dict[str, Any] | None] | None = None
     if baselines.instance_discrimination:
-        if not (INSTANCE_DISCRIMINATION_DIR / "embeddings.npz").is_file():
+        if not has_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS):
             raise InvpropError(
                 "evaluate.baselines.instance_discrimination is on but "
-                f"{INSTANCE_DISCRIMINATION_DIR}/ holds no embeddings; run its stage first "
+                f"{INSTANCE_DISCRIMINATION_EMBEDDINGS}/ holds no embeddings; run its stage first "
                 "(dvc repro instance_discrimination) or turn the baseline off"
             )
         # Its meta.json names the checkpoint it came from: with it, the bank kNN and the
         # sgd_augmented probe can run too.
-        named = load_embeddings(INSTANCE_DISCRIMINATION_DIR).meta.get("checkpoint")
+        named = load_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS).meta.get("checkpoint")
         id_checkpoint = Path(named) if named else None
         id_embeddings, id_state = _load_run(
-            INSTANCE_DISCRIMINATION_DIR, prepared, cfg, "instance_discrimination", id_checkpoint
+            INSTANCE_DISCRIMINATION_EMBEDDINGS,
+            prepared,
+            cfg,
+            "instance_discrimination",
+            id_checkpoint,
         )
         id_bank = None
         if id_state is not None and id_checkpoint is not None:
@@ -398,7 +318,7 @@ def evaluate(
             "instance_discrimination", embeddings, id_bank, source, prepared, cfg, device
         )
     else:
-        metrics["instance_discrimination/status"] = NOT_RUN
+        metrics["instance_discrimination/status"] = INSTANCE_DISCRIMINATION_OFF
     if baselines.pixels:
         log("pixels baseline")
         metrics |= pixel_metrics(prepared, cfg, device)
@@ -423,7 +343,7 @@ def evaluate(
 def run(cfg: Config) -> None:
     """The evaluate stage: write reports/evaluate.json (flat keys, see the module doc)."""
     metrics = evaluate(cfg)
-    write_json(REPORT, metrics)
+    path = write_stage_report("evaluate", metrics)
     headline = [
         f"{key}={metrics[key]:.4f}"
         for key in (
@@ -432,4 +352,4 @@ def run(cfg: Config) -> None:
             "invp/linear/top1",
         )
     ]
-    log(f"{' '.join(headline)} -> {REPORT} ({metrics['evaluate/seconds']:.1f} s)")
+    log(f"{' '.join(headline)} -> {path} ({metrics['evaluate/seconds']:.1f} s)")

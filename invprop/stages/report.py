@@ -38,20 +38,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from invprop.config import Config
 from invprop.errors import InvpropError
 from invprop.io import atomic_dir, atomic_file, read_json
+from invprop.neighbourhood import draw_grid, inspect_anchor
+from invprop.workspace import (
+    EMBEDDINGS_FILE,
+    FIGURES_DIR,
+    GRAPH_FILE,
+    META_FILE,
+    PRETRAIN,
+    REPORT_MD,
+    REPORTS_DIR,
+    STATS_FILE,
+    embeddings_dir,
+    graph_dir,
+    load_checked_graph,
+    load_embeddings,
+    load_propagation_stats,
+    prepared_dataset,
+    prepared_dir,
+    prepared_if_present,
+    propagation_dir,
+    stage_report,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "CURVES_DIR",
-    "FIGURES_DIR",
-    "REPORT",
-    "REPORTS_DIR",
     "Table",
     "build_report",
     "choose_anchors",
@@ -64,10 +86,6 @@ __all__ = [
     "transfer_table",
 ]
 
-REPORTS_DIR = Path("reports")
-REPORT = REPORTS_DIR / "report.md"
-FIGURES_DIR = REPORTS_DIR / "figures"
-CURVES_DIR = Path("dvclive/pretrain/plots/metrics")
 TAG = "final"
 DASH = "–"
 # (row name, key prefix in evaluate.json)
@@ -131,7 +149,7 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
 
 
 def _require_evaluate(reports_dir: Path) -> dict[str, Any]:
-    path = Path(reports_dir) / "evaluate.json"
+    path = stage_report("evaluate", reports_dir)
     data = _read_optional(path)
     if data is None:
         raise InvpropError(
@@ -223,7 +241,7 @@ def transfer_table(reports_dir: str | Path = REPORTS_DIR) -> Table:
     `semi/1pct/finetune/top1`, `transfer/digits/linear/top1`, and the same under
     `random_init/` for the baseline): one row per setting, one column per protocol and
     network; a single "not run" row when the file is absent."""
-    path = Path(reports_dir) / "transfer.json"
+    path = stage_report("transfer", reports_dir)
     data = _read_optional(path)
     title = "Semi-supervised fine-tuning and transfer (test top-1, %)"
     if data is None:
@@ -278,7 +296,7 @@ def stage_times_table(reports_dir: str | Path = REPORTS_DIR, dataset: str | None
     rows = []
     for name in names:
         stage = name.split("_")[0]
-        data = _read_optional(reports_dir / f"{name}.json")
+        data = _read_optional(stage_report(name, reports_dir))
         if data is None:
             rows.append([stage, f"{name}.json", "not run", DASH, DASH])
             continue
@@ -324,7 +342,7 @@ def _require(path: Path, stage: str) -> Path:
     return path
 
 
-def read_curves(folder: str | Path = CURVES_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_curves(folder: str | Path = PRETRAIN.metrics) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """dvclive's per-epoch TSVs as {metric: (epochs, values)}.
 
     Pretrain logs epoch e at dvclive step e - 1 (one `next_step` per epoch, replayed on
@@ -378,8 +396,7 @@ def choose_anchors(labels: np.ndarray, count: int, seed: int) -> list[int]:
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
+    # pyplot loads here, after the file-only Agg backend is chosen, not at import time
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -390,7 +407,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig.savefig(path, dpi=DPI, metadata=PNG_METADATA)
     plt.close(fig)
@@ -406,8 +423,6 @@ def _marker(n: int) -> str | None:
 
 def _integer_x(*axes: Any) -> None:
     """Whole-number ticks on the x axis (epochs, hops)."""
-    from matplotlib.ticker import MaxNLocator
-
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -561,10 +576,6 @@ def _embedding_maps(
     vectors: np.ndarray, labels: np.ndarray, classes: Sequence[str], cfg: Config, folder: Path
 ) -> list[str]:
     """PCA and t-SNE maps of the same seeded subset of test embeddings; markdown lines."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
     n = vectors.shape[0]
     m = min(cfg.report.map_points, n)
     rng = np.random.default_rng(cfg.seed)
@@ -620,8 +631,8 @@ def _embedding_maps(
 
 def _neighbour_grids(cfg: Config, labels: np.ndarray, folder: Path) -> list[str]:
     """One grid per anchor, drawn by `invprop graph neighbours`' own code; markdown lines."""
-    from invprop.inspect import draw_grid, inspect_anchor
-
+    graph, _, emb = load_checked_graph(TAG)
+    prepared = prepared_if_present(emb.dataset)
     anchors = choose_anchors(labels, cfg.report.anchors, cfg.seed)
     lines = [
         f"Anchors: {', '.join(f'#{a}' for a in anchors)} (train images of evenly spaced "
@@ -632,7 +643,9 @@ def _neighbour_grids(cfg: Config, labels: np.ndarray, folder: Path) -> list[str]
         "",
     ]
     for anchor in anchors:
-        result, prepared = inspect_anchor(TAG, anchor, None, cfg.propagate, neighbours=True)
+        result = inspect_anchor(
+            TAG, graph, emb, prepared, anchor, None, cfg.propagate, neighbours=True
+        )
         name = f"neighbours_{anchor}.png"
         draw_grid(result, prepared, folder / name, GRID_SHOW, metadata=PNG_METADATA)
         lines += _figure_line(
@@ -693,39 +706,31 @@ def _propagation_tables(stats: dict[str, Any], graph: dict[str, Any] | None) -> 
 
 def _check_inputs(cfg: Config) -> dict[str, Path]:
     """Every required input, checked before any drawing starts."""
-    prepared = Path("data/prepared") / cfg.data.name
     paths = {
-        "evaluate": _require(REPORTS_DIR / "evaluate.json", "evaluate"),
-        "curves": _require(CURVES_DIR, "pretrain"),
-        "embeddings": _require(
-            Path("artifacts/embeddings") / TAG / "embeddings.npz", f"embed@{TAG}"
-        ),
-        "graph": _require(Path("artifacts/graph") / TAG / "graph.npz", f"graph@{TAG}"),
-        "propagation": _require(
-            Path("artifacts/propagation") / TAG / "stats.json", f"propagate@{TAG}"
-        ),
-        "prepared": _require(prepared / "meta.json", "prepare"),
+        "evaluate": _require(stage_report("evaluate"), "evaluate"),
+        "curves": _require(PRETRAIN.metrics, "pretrain"),
+        "embeddings": _require(embeddings_dir(TAG) / EMBEDDINGS_FILE, f"embed@{TAG}"),
+        "graph": _require(graph_dir(TAG) / GRAPH_FILE, f"graph@{TAG}"),
+        "propagation": _require(propagation_dir(TAG) / STATS_FILE, f"propagate@{TAG}"),
+        "prepared": _require(prepared_dir(cfg.data.name) / META_FILE, "prepare"),
     }
     for name in ("loss", "lr"):
-        _require(CURVES_DIR / f"{name}.tsv", "pretrain")
+        _require(PRETRAIN.metrics / f"{name}.tsv", "pretrain")
     return paths
 
 
 def build_report(cfg: Config, folder: Path) -> str:
     """Draw every figure into `folder` and return the markdown that links them."""
-    from invprop.data import load_prepared
-    from invprop.embed import load_embeddings
-
     paths = _check_inputs(cfg)
     evaluate = read_json(paths["evaluate"], "evaluate report")
     tables = results_tables(REPORTS_DIR, cfg.data.name)
-    curves = read_curves(CURVES_DIR)
-    embeddings = load_embeddings(paths["embeddings"].parent)
-    stats = read_json(paths["propagation"], "propagation stats.json")
-    prepared = load_prepared(paths["prepared"].parent)
+    curves = read_curves(PRETRAIN.metrics)
+    embeddings = load_embeddings(embeddings_dir(TAG))
+    stats = load_propagation_stats(TAG)
+    prepared = prepared_dataset(cfg.data.name)
     classes = prepared.classes
-    graph_report = _read_optional(REPORTS_DIR / f"graph_{TAG}.json")
-    pretrain = _read_optional(REPORTS_DIR / "pretrain.json") or {}
+    graph_report = _read_optional(stage_report(f"graph_{TAG}"))
+    pretrain = _read_optional(stage_report("pretrain")) or {}
 
     md = [f"# InvP report: {cfg.data.name}", ""]
     epochs = pretrain.get("epochs", evaluate.get("invp/epoch"))
@@ -767,7 +772,7 @@ def build_report(cfg: Config, folder: Path) -> str:
         )
     else:
         md += [
-            f"kNN monitor against epoch: not run ({CURVES_DIR}/knn_bank_top1.tsv not found; "
+            f"kNN monitor against epoch: not run ({PRETRAIN.metrics}/knn_bank_top1.tsv not found; "
             "pretrain.monitor_knn is off).",
             "",
         ]
@@ -818,6 +823,6 @@ def run(cfg: Config) -> None:
     with atomic_dir(FIGURES_DIR) as tmp:
         markdown = build_report(cfg, tmp)
         figures = sorted(p.name for p in tmp.glob("*.png"))
-    with atomic_file(REPORT) as tmp_md:
+    with atomic_file(REPORT_MD) as tmp_md:
         tmp_md.write_text(markdown)
-    log(f"{REPORT} with {len(figures)} figures in {FIGURES_DIR}/")
+    log(f"{REPORT_MD} with {len(figures)} figures in {FIGURES_DIR}/")

@@ -7,7 +7,7 @@ Reads `models/pretrain/final.pt`, `data/prepared/<data.name>/` and
     subsets/<dataset>_<pct>.npy   sorted int64 train indices of each semi-supervised subset
     meta.json                     dataset, seed, fractions, rule, per-class count, sizes
 
-Protocols (METHOD.md, "Evaluation protocols"):
+Protocols (docs/method.md, "Evaluation protocols"):
 
 * Semi-supervised: for each fraction in transfer.semi_fractions, an exactly class-balanced
   subset of the pretraining dataset's labelled train images (`balanced_subset`) fine-tunes
@@ -58,19 +58,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from invprop.augment import BatchAugment
+from invprop.checkpoint import (
+    build_encoder,
+    checkpoint_config,
+    encoder_from_checkpoint,
+    load_checkpoint,
+)
 from invprop.config import AugmentConfig, Config
 from invprop.data.loader import batch_sizes, epoch_batches
-from invprop.embed import (
-    PREPARED_DIR,
-    PRETRAIN_DIR,
+from invprop.errors import InvpropError
+from invprop.inference import (
     check_compatible,
     extract,
     inference_autocast,
     input_normalisation,
     resolve_device,
 )
-from invprop.errors import InvpropError
-from invprop.io import atomic_dir, write_json
+from invprop.linear import (
+    ImageSource,
+    lbfgs_probe,
+    linear_metrics,
+    sgd_augmented_probe,
+    topk_accuracy,
+)
+from invprop.sampling import balanced_subset
+from invprop.workspace import (
+    PRETRAIN,
+    prepared_dataset,
+    prepared_dir,
+    save_transfer_subsets,
+    write_stage_report,
+)
 
 if TYPE_CHECKING:
     from invprop.data import PreparedDataset, Split
@@ -79,11 +98,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FINETUNE_AUGMENT",
     "MIN_STEPS_PER_EPOCH",
-    "REPORT",
-    "SUBSETS_DIR",
-    "TRANSFER_DIR",
     "FinetuneResult",
-    "balanced_subset",
     "cosine_lr",
     "finetune",
     "finetune_steps",
@@ -94,9 +109,6 @@ __all__ = [
     "transfer",
 ]
 
-REPORT = Path("reports/transfer.json")
-TRANSFER_DIR = Path("artifacts/transfer")
-SUBSETS_DIR = TRANSFER_DIR / "subsets"
 
 # The fine-tuning augmentation, one recipe for every fine-tune (semi-supervised, transfer,
 # baseline): a light random resized crop (area 80-100%, aspect 3/4-4/3), no flip, no
@@ -138,33 +150,6 @@ def log(message: str) -> None:
 def fraction_label(fraction: float) -> str:
     """A fraction as a key part in percent: 0.01 -> "1pct", 0.1 -> "10pct", 0.005 -> "0.5pct"."""
     return f"{round(fraction * 100, 6):g}pct"
-
-
-def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted int64 indices of an exactly class-balanced, seeded subset of `labels`.
-
-    Rows labelled -1 (unlabeled) are never picked. With N labelled rows in C classes, every
-    class contributes the same number of rows: floor(fraction * N / C) (up to a 1e-9
-    rounding allowance, so 0.29 * 100 counts as 29), at least 1, and at most the smallest
-    class's count (exact balance wins over the fraction on imbalanced data). Class c's
-    rows are a prefix of a permutation seeded by (seed, c) alone, so the result is
-    reproducible by seed and a smaller fraction's subset lies inside a larger one's.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    classes = np.unique(labels[labels >= 0])
-    if classes.size == 0:
-        raise ValueError("no labelled rows (all labels are -1) to draw a subset from")
-    n = int((labels >= 0).sum())
-    rows = [np.flatnonzero(labels == c) for c in classes]
-    per_class = max(1, math.floor(fraction * n / classes.size + 1e-9))
-    per_class = min(per_class, min(r.size for r in rows))
-    picked = [
-        np.random.default_rng([seed, int(c)]).permutation(r)[:per_class]
-        for c, r in zip(classes, rows, strict=True)
-    ]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,9 +217,6 @@ def finetune(
     views. bf16 autocast on CUDA when pretrain.precision allows (as every stage does); the
     loss and the classifier's output are fp32. Test rows labelled -1 are not scored.
     """
-    from invprop.augment import BatchAugment
-    from invprop.linear import ImageSource, topk_accuracy
-
     start = time.perf_counter()
     ft = cfg.transfer.finetune
     rows = np.asarray(rows, dtype=np.int64)
@@ -325,9 +307,6 @@ def linear_transfer(
 ) -> dict[str, Any]:
     """{name}/linear/{top1,top5,c,seconds,protocol}: evaluate.linear's probe of the frozen
     pooled features of `encoder` on `target` (features via `extract`, clean view)."""
-    from invprop.evaluate import lbfgs_probe, linear_metrics
-    from invprop.linear import sgd_augmented_probe
-
     num_classes = len(target.classes)
     if cfg.evaluate.linear.protocol == "sgd_augmented":
         result = sgd_augmented_probe(encoder, target, cfg, device)
@@ -348,17 +327,15 @@ def linear_transfer(
 # The stage
 
 
-def load_target(name: str, prepared_dir: Path = PREPARED_DIR) -> PreparedDataset:
+def load_target(name: str) -> PreparedDataset:
     """The prepared transfer target `name`, checked: present, labelled, 1 or 3 channels."""
-    from invprop.data import load_prepared
-
-    folder = Path(prepared_dir) / name
+    folder = prepared_dir(name)
     if not folder.exists():
         raise InvpropError(
             f"transfer target {name!r}: {folder} not found; prepare it with "
             f"`dvc repro prepare_target@{name}` (or `invprop stage prepare {name}`)"
         )
-    target = load_prepared(folder)
+    target = prepared_dataset(name)
     if target.shape[0] not in (1, 3):
         raise InvpropError(f"{folder}/meta.json: shape {target.shape} must have 1 or 3 channels")
     for split in (target.train, target.test):
@@ -373,34 +350,25 @@ def load_target(name: str, prepared_dir: Path = PREPARED_DIR) -> PreparedDataset
 
 
 def transfer(
-    cfg: Config,
-    checkpoint: Path = PRETRAIN_DIR / "final.pt",
-    prepared_dir: Path = PREPARED_DIR,
+    cfg: Config, checkpoint: Path = PRETRAIN.final
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run every protocol; return (flat metrics, {"<dataset>_<pct>": subset indices}).
 
     Every input is loaded and checked before any training starts.
     """
-    from invprop.checkpoint import (
-        build_encoder,
-        checkpoint_config,
-        encoder_from_checkpoint,
-        load_checkpoint,
-    )
-    from invprop.data import load_prepared
 
     start = time.perf_counter()
     device = resolve_device(cfg.pretrain.device)
     if cfg.pretrain.threads:
         torch.set_num_threads(cfg.pretrain.threads)
-    checkpoint, prepared_dir = Path(checkpoint), Path(prepared_dir)
+    checkpoint = Path(checkpoint)
 
     # Validate everything up front.
     state = load_checkpoint(checkpoint)
     ckpt_cfg = checkpoint_config(state)
-    main = load_prepared(prepared_dir / cfg.data.name)
+    main = prepared_dataset(cfg.data.name)
     check_compatible(ckpt_cfg, cfg, main, str(checkpoint))
-    targets = {name: load_target(name, prepared_dir) for name in cfg.transfer.targets}
+    targets = {name: load_target(name) for name in cfg.transfer.targets}
     labels = {fraction_label(f): f for f in cfg.transfer.semi_fractions}
     if len(labels) != len(cfg.transfer.semi_fractions):
         raise InvpropError(
@@ -492,25 +460,20 @@ def transfer(
 def run(cfg: Config) -> None:
     """The transfer stage: artifacts/transfer/ (subsets) and reports/transfer.json."""
     metrics, subsets = transfer(cfg)
-    with atomic_dir(TRANSFER_DIR) as tmp:
-        folder = tmp / SUBSETS_DIR.relative_to(TRANSFER_DIR)
-        folder.mkdir()
-        for name, indices in subsets.items():
-            np.save(folder / f"{name}.npy", indices)
-        write_json(
-            tmp / "meta.json",
-            {
-                "dataset": cfg.data.name,
-                "seed": cfg.seed,
-                "fractions": {fraction_label(f): f for f in cfg.transfer.semi_fractions},
-                "sizes": {name: int(indices.size) for name, indices in subsets.items()},
-                "rule": SUBSET_RULE,
-            },
-        )
-    write_json(REPORT, metrics)
+    save_transfer_subsets(
+        subsets,
+        {
+            "dataset": cfg.data.name,
+            "seed": cfg.seed,
+            "fractions": {fraction_label(f): f for f in cfg.transfer.semi_fractions},
+            "sizes": {name: int(indices.size) for name, indices in subsets.items()},
+            "rule": SUBSET_RULE,
+        },
+    )
+    report = write_stage_report("transfer", metrics)
     headline = " ".join(
         f"{key}={value:.4f}"
         for key, value in metrics.items()
         if key.endswith("/top1") and not key.startswith("random_init/")
     )
-    log(f"{headline} -> {REPORT} ({metrics['transfer/seconds']:.1f} s)")
+    log(f"{headline} -> {report} ({metrics['transfer/seconds']:.1f} s)")

@@ -6,31 +6,21 @@ Shared by `invprop graph neighbours`, `invprop propagate show` and the report st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from invprop.config import PropagateConfig, max_positives
+from invprop.bounds import max_positives
+from invprop.config import PropagateConfig
 from invprop.errors import InvpropError
-from invprop.propagation import load_checked_graph, positives_of
+from invprop.positive_sets import positives_of
+
+if TYPE_CHECKING:
+    from invprop.data import PreparedDataset
+    from invprop.workspace import EmbeddingSet
 
 # widest positive set one inspection walks (k + k^2 + ... + k^hops slots)
 MAX_WIDTH = 1 << 22
-
-
-def _prepared(dataset: str | None) -> Any | None:
-    """The prepared dataset the embeddings came from, or None when it is not there."""
-    if not dataset:
-        return None
-    from invprop.data import load_prepared
-
-    folder = Path("data") / "prepared" / dataset
-    if not folder.is_dir():
-        return None
-    try:
-        return load_prepared(folder)
-    except InvpropError:
-        return None  # class names fall back to numbers; the PNG says what is missing
 
 
 def _class_name(classes: list[str] | None, label: int) -> str:
@@ -58,13 +48,19 @@ def _purity(entries: list[dict[str, Any]]) -> float | None:
 
 
 def inspect_anchor(
-    tag: str, index: int, hops: int | None, params: PropagateConfig, neighbours: bool
-) -> tuple[dict[str, Any], Any]:
-    """One train image of embeddings `tag`: its graph neighbours (when `neighbours`), its
-    propagated positives per hop (`hops`, default params.hops) and its hard and easy
-    positives, each with class and similarity; plus the prepared dataset (or None)."""
-
-    graph, _, emb = load_checked_graph(tag)
+    tag: str,
+    graph: dict[str, np.ndarray],
+    emb: EmbeddingSet,
+    prepared: PreparedDataset | None,
+    index: int,
+    hops: int | None,
+    params: PropagateConfig,
+    neighbours: bool,
+) -> dict[str, Any]:
+    """One train image of embeddings `tag` (its graph and embeddings, checked to belong
+    together): its graph neighbours (when `neighbours`), its propagated positives per hop
+    (`hops`, default params.hops) and its hard and easy positives, each with class (from
+    `prepared`; numbers without it) and similarity."""
     n = graph["ids"].shape[0]
     if not 0 <= index < n:
         raise InvpropError(
@@ -78,11 +74,10 @@ def inspect_anchor(
             f"--hops {hops} is out of range for k = {k}: use 1 to "
             f"{max(h for h in range(1, 64) if max_positives(k, h) <= MAX_WIDTH)}"
         )
-    prepared = _prepared(emb.dataset)
     classes = prepared.classes if prepared is not None else None
-    labels = emb.labels
+    labels = emb.train_labels
     own = int(labels[index])
-    found = positives_of(graph["ids"][:, :k], emb.vectors, index, hops, p.n_pos)
+    found = positives_of(graph["ids"][:, :k], emb.train_vectors, index, hops, p.n_pos)
     result: dict[str, Any] = {
         "tag": tag,
         "index": index,
@@ -114,12 +109,10 @@ def inspect_anchor(
         ids, sims = getattr(found, f"{kind}_ids"), getattr(found, f"{kind}_sims")
         result[kind] = [_entry(j, s, labels, own, classes) for j, s in zip(ids, sims, strict=True)]
         result[f"{kind}_purity"] = _purity(result[kind])
-    return result, prepared
+    return result
 
 
 def _image(prepared: Any, index: int) -> Any:
-    import numpy as np
-
     array = np.asarray(prepared.train.images[index])  # uint8 (C, H, W)
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
@@ -147,6 +140,7 @@ def draw_grid(
             "the PNG needs the prepared images (data/prepared/<dataset>), which are missing; "
             "run the prepare stage or drop --out"
         )
+    # matplotlib only when a PNG is asked for, and pyplot after the file-only Agg backend
     import matplotlib
 
     matplotlib.use("Agg")

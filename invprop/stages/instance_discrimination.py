@@ -3,8 +3,9 @@
 InvP's claim is what propagation adds over plain instance discrimination, so the fair
 baseline is a second pretraining that differs in one param only, `pretrain.invp: false`
 (every other value from params.yaml: data, network, augmentation, schedule, bank). The
-stage trains it with the pretrain stage's own loop, then embeds its final checkpoint with
-the embed stage's own code, so evaluate can score it exactly as it scores InvP.
+stage trains it with the pretrain stage's loop (invprop.training), then embeds its final
+checkpoint as the embed stage does (invprop.inference), so evaluate can score it exactly
+as it scores InvP.
 
 Artifacts::
 
@@ -24,19 +25,22 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 from invprop.config import Config
-from invprop.embed import EMBEDDINGS_DIR, embed_checkpoint
-from invprop.io import atomic_dir, write_json
+from invprop.distributed import Ranks, relaunched
+from invprop.inference import embed_checkpoint
+from invprop.training import train
+from invprop.workspace import (
+    INSTANCE_DISCRIMINATION,
+    INSTANCE_DISCRIMINATION_EMBEDDINGS,
+    INSTANCE_DISCRIMINATION_OFF,
+    prepared_dataset,
+    save_embeddings,
+    save_status,
+    write_stage_report,
+)
 
-__all__ = ["MODEL_DIR", "NOT_RUN", "OUT_DIR", "REPORT", "instance_config", "run"]
-
-MODEL_DIR = Path("models/instance_discrimination")
-LIVE_DIR = Path("dvclive/instance_discrimination")
-OUT_DIR = EMBEDDINGS_DIR / "instance_discrimination"
-REPORT = Path("reports/instance_discrimination.json")
-NOT_RUN = "not run (evaluate.baselines.instance_discrimination is off)"
+__all__ = ["instance_config", "run"]
 
 
 def log(message: str) -> None:
@@ -51,23 +55,31 @@ def instance_config(cfg: Config) -> Config:
 def run(cfg: Config) -> None:
     """The stage: train (or resume) and embed the baseline, or record that it is off."""
     if not cfg.evaluate.baselines.instance_discrimination:
-        MODEL_DIR.mkdir(parents=True, exist_ok=True)
-        (LIVE_DIR / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
-        with atomic_dir(OUT_DIR) as tmp:
-            write_json(tmp / "status.json", {"status": NOT_RUN})
-        write_json(REPORT, {"status": NOT_RUN})
-        log(f"{NOT_RUN}; wrote {OUT_DIR}/status.json")
+        INSTANCE_DISCRIMINATION.checkpoints.mkdir(parents=True, exist_ok=True)
+        INSTANCE_DISCRIMINATION.metrics.mkdir(parents=True, exist_ok=True)
+        save_status(INSTANCE_DISCRIMINATION_EMBEDDINGS, INSTANCE_DISCRIMINATION_OFF)
+        write_stage_report("instance_discrimination", {"status": INSTANCE_DISCRIMINATION_OFF})
+        log(f"{INSTANCE_DISCRIMINATION_OFF}; wrote {INSTANCE_DISCRIMINATION_EMBEDDINGS}/")
         return
-
-    from invprop.distributed import Ranks, relaunched
-    from invprop.train import train
 
     if relaunched("instance_discrimination", cfg):
         return
     baseline = instance_config(cfg)
-    summary = train(baseline, MODEL_DIR, LIVE_DIR)
+    summary = train(baseline, INSTANCE_DISCRIMINATION)
     if not Ranks.from_env().is_main:  # rank 0 embeds and reports
         return
-    meta = embed_checkpoint(baseline, MODEL_DIR / "final.pt", OUT_DIR, "instance_discrimination")
-    write_json(REPORT, summary | {"embeddings": str(OUT_DIR), "dims": meta["dims"]})
-    log(f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> {OUT_DIR}")
+    arrays, meta = embed_checkpoint(
+        baseline,
+        INSTANCE_DISCRIMINATION.final,
+        prepared_dataset(cfg.data.name),
+        "instance_discrimination",
+    )
+    save_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS, arrays, meta)
+    write_stage_report(
+        "instance_discrimination",
+        summary | {"embeddings": str(INSTANCE_DISCRIMINATION_EMBEDDINGS), "dims": meta["dims"]},
+    )
+    log(
+        f"{summary['epochs']} epochs, bank kNN {summary['knn_bank_top1']} -> "
+        f"{INSTANCE_DISCRIMINATION_EMBEDDINGS}"
+    )

@@ -1,26 +1,14 @@
-"""The propagate stage: which positives invariance propagation finds, and how pure they are.
+"""What invariance propagation finds for every anchor, and how pure it is.
 
-Reads  ``artifacts/graph/<tag>/graph.npz`` + ``stats.json`` and the embeddings it was built
-       from (checked: same N, same sha256); the pretrain snapshots' memory banks
-       (``models/pretrain/snapshots/epoch_NNNN.pt`` and ``final.pt``) with the prepared
-       train labels (``data/prepared/<dataset>``).
-Writes ``artifacts/propagation/<tag>/positives.npz`` (CSR over the N train anchors):
-           indptr      int64 [N+1]  row i is ids[indptr[i]:indptr[i+1]]
-           ids         int32 [nnz]  exact BFS positives within propagate.hops hops of the
-                                    graph's first propagate.k neighbours, anchor excluded,
-                                    ordered by hop (then by discovery)
-           hop         int8  [nnz]  1-based BFS distance of each positive
-           hard_indptr int64 [N+1], hard_ids int32: the P = propagate.n_pos least similar
-                                    positives (all of them when fewer), hardest first
-           easy_indptr int64 [N+1], easy_ids int32: the P most similar, easiest first
-       ``artifacts/propagation/<tag>/stats.json`` and ``reports/propagate_<tag>.json``.
+Exact propagation (invprop.method.propagate) from every node of a k-NN graph or of a
+memory bank's neighbour table, with the hard and easy positives selected from each set;
+the propagate stage, `invprop propagate|bank` and the neighbourhood view all use it.
 
 Statistics. For hop h = 1..hops, ``cumulative`` describes the set within h hops and the P
 hard / easy positives selected from it; ``new`` describes the nodes first reached at hop h.
 ``size`` is the mean set size over all anchors; ``purity`` is the share of a set's members
 that carry the anchor's label, averaged over the anchors that have a label and a non-empty
-set (unlabelled members count as other labels). ``epochs`` repeats the last-hop figures for
-every pretrain snapshot, walking the bank's own neighbour table with the bank's vectors.
+set (unlabelled members count as other labels).
 
 Selection is :func:`invprop.method.loss.select_positives`, the function training uses; it
 takes [B, n] similarities, so :func:`select_from_sims` feeds it per-candidate similarities.
@@ -28,37 +16,15 @@ takes [B, n] similarities, so :func:`select_from_sims` feeds it per-candidate si
 
 from __future__ import annotations
 
-import re
-import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.graph import (
-    Embeddings,
-    check_tag,
-    graph_dir,
-    load_embeddings,
-    load_graph,
-    log,
-)
-from invprop.io import (
-    atomic_dir,
-    ensure_free_space,
-    file_sha256,
-    load_npz,
-    read_json,
-    save_npz,
-    write_json,
-)
 from invprop.method.loss import select_positives
 from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
 
@@ -66,29 +32,17 @@ __all__ = [
     "KINDS",
     "AnchorPositives",
     "bank_stats",
-    "epoch_stats",
+    "bank_tables",
     "last_hop_summary",
-    "load_checked_graph",
-    "load_positives",
-    "load_stats",
     "positives_of",
-    "prepared_train_labels",
-    "propagation_dir",
     "propagation_stats",
-    "run",
     "select_from_sims",
-    "snapshot_paths",
     "table_coverage",
 ]
 
 KINDS = ("all", "hard", "easy")
-SNAPSHOT_PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
 CHUNK = 2048
 CHUNK_SLOTS = 1 << 22
-
-
-def propagation_dir(tag: str, root: str | Path = ".") -> Path:
-    return Path(root) / "artifacts" / "propagation" / check_tag(tag)
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,7 +317,8 @@ def last_hop_summary(stats: dict[str, Any]) -> dict[str, Any]:
 # Memory banks of checkpoints
 
 
-def _bank(state: dict[str, Any], where: str) -> tuple[Tensor, Tensor]:
+def bank_tables(state: dict[str, Any], where: str) -> tuple[Tensor, Tensor]:
+    """(vectors float [n, d], neighbour table int64 [n, k]) of a checkpoint's memory bank."""
     bank = state.get("bank")
     if not isinstance(bank, dict) or "vectors" not in bank or "neighbours" not in bank:
         raise InvpropError(
@@ -401,7 +356,7 @@ def bank_stats(
     - neighbour purity: share of table entries with the anchor's label (labelled anchors
       with a filled row), when labels are given.
     """
-    vectors, neighbours = _bank(state, where)
+    vectors, neighbours = bank_tables(state, where)
     if hops is None:
         hops = int(state.get("config", {}).get("pretrain", {}).get("hops", 3))
     n, k = neighbours.shape
@@ -440,176 +395,3 @@ def bank_stats(
         "concat_duplicate_rate": repeats / candidates if candidates else None,
         "neighbour_purity": purity,
     }
-
-
-def snapshot_paths(root: str | Path = ".") -> list[tuple[str, Path]]:
-    """(tag, path) of every pretrain snapshot, by epoch, then final.pt when present."""
-    folder = Path(root) / "models" / "pretrain"
-    found = []
-    for path in (folder / "snapshots").glob("epoch_*.pt"):
-        match = SNAPSHOT_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), f"epoch_{int(match.group(1)):04d}", path))
-    found.sort()
-    out = [(tag, path) for _, tag, path in found]
-    if (folder / "final.pt").is_file():
-        out.append(("final", folder / "final.pt"))
-    return out
-
-
-def prepared_train_labels(dataset: str, root: str | Path = ".") -> np.ndarray:
-    from invprop.data import load_prepared
-
-    return np.asarray(load_prepared(Path(root) / "data" / "prepared" / dataset).train.labels)
-
-
-def epoch_stats(cfg: Config, root: str | Path = ".") -> list[dict[str, Any]]:
-    """Last-hop purity of all / hard / easy positives and table coverage per snapshot."""
-    from invprop.checkpoint import load_checkpoint
-
-    rows = []
-    labels_cache: dict[str, np.ndarray] = {}
-    paths = snapshot_paths(root)
-    if not paths:
-        warnings.warn(
-            "no pretrain snapshots or final.pt under models/pretrain: purity against epoch "
-            "is empty (set pretrain.snapshot_epochs and run pretrain)",
-            stacklevel=2,
-        )
-    for tag, path in paths:
-        state = load_checkpoint(path)
-        vectors, neighbours = _bank(state, str(path))
-        dataset = state.get("config", {}).get("data", {}).get("name", cfg.data.name)
-        if dataset not in labels_cache:
-            labels_cache[dataset] = prepared_train_labels(dataset, root)
-        k = neighbours.shape[1]
-        stats, _ = propagation_stats(
-            neighbours,
-            vectors,
-            labels_cache[dataset],
-            cfg.propagate.hops,
-            cfg.propagate.n_pos,
-            where=str(path),
-        )
-        summary = last_hop_summary(stats)
-        rows.append(
-            {
-                "tag": tag,
-                "epoch": state.get("epoch"),
-                "path": str(path),
-                "k": k,
-                "hops": cfg.propagate.hops,
-                "n_pos": stats["n_pos"],
-                "coverage": table_coverage(neighbours),
-                **summary,
-            }
-        )
-        log(
-            f"propagate: {tag} (epoch {state.get('epoch')}): coverage {rows[-1]['coverage']:.3f}, "
-            f"purity all {_fmt(summary['purity']['all'])} hard {_fmt(summary['purity']['hard'])}"
-        )
-    return rows
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-# ---------------------------------------------------------------------------------------
-# Stage
-
-
-def load_checked_graph(
-    tag: str, root: str | Path = "."
-) -> tuple[dict[str, np.ndarray], dict[str, Any], Embeddings]:
-    """The graph of ``tag`` and the embeddings it was built from, checked to belong together."""
-    graph, stats = load_graph(tag, root)
-    emb = load_embeddings(tag, root)
-    n = graph["ids"].shape[0]
-    source = stats.get("embeddings", {}).get("sha256")
-    if n != emb.n or source != emb.sha256:
-        raise InvpropError(
-            f"artifacts/graph/{tag} was not built from {emb.path} (graph: N={n}, source "
-            f"sha256 {str(source)[:12]}; embeddings: N={emb.n}, sha256 {emb.sha256[:12]}); "
-            f"rerun the graph stage for {tag}"
-        )
-    return graph, stats, emb
-
-
-def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
-    """Propagate over the graph of ``tag`` and over every snapshot's bank; write the stats."""
-    p = cfg.propagate
-    start = time.perf_counter()
-    graph, graph_stats, emb = load_checked_graph(tag)
-    width = graph["ids"].shape[1]
-    if p.k > width:
-        raise InvpropError(
-            f"propagate.k = {p.k} but artifacts/graph/{tag} has only k = {width} neighbours "
-            "per node; rerun the graph stage with graph.k >= propagate.k"
-        )
-    log(f"propagate {tag}: exact BFS from {emb.n} anchors, k={p.k}, hops={p.hops}, P={p.n_pos}")
-    stats, csr = propagation_stats(
-        graph["ids"][:, : p.k], emb.vectors, emb.labels, p.hops, p.n_pos, collect=True
-    )
-    assert csr is not None
-    graph_seconds = time.perf_counter() - start
-    epochs = epoch_stats(cfg)
-    stats |= {
-        "tag": tag,
-        "graph_seconds": graph_seconds,
-        "seconds": time.perf_counter() - start,
-        "chance_purity": graph_stats.get("chance_purity"),
-        "embeddings_sha256": emb.sha256,
-        "graph_sha256": file_sha256(graph_dir(tag) / "graph.npz"),
-        "epochs": epochs,
-    }
-    out = propagation_dir(tag)
-    ensure_free_space(out.parent, sum(a.nbytes for a in csr.values()), "positive sets")
-    with atomic_dir(out) as tmp:
-        save_npz(tmp / "positives.npz", csr)
-        # Timings go to the report only: equal inputs give an equal artifact.
-        write_json(
-            tmp / "stats.json",
-            {k: v for k, v in stats.items() if k not in ("graph_seconds", "seconds")},
-        )
-    report = {
-        "tag": tag,
-        "n": stats["n"],
-        "k": stats["k"],
-        "hops": stats["hops"],
-        "n_pos": stats["n_pos"],
-        "chance_purity": stats["chance_purity"],
-        **last_hop_summary(stats),
-        "new_purity_per_hop": [row["new"]["purity"] for row in stats["per_hop"]],
-        "epochs": [
-            {
-                "tag": row["tag"],
-                "epoch": row["epoch"],
-                "coverage": row["coverage"],
-                "purity": row["purity"],
-            }
-            for row in epochs
-        ],
-        "seconds": stats["seconds"],
-    }
-    write_json(Path("reports") / f"propagate_{tag}.json", report)
-    last = report["purity"]
-    log(
-        f"propagate {tag}: purity within {p.hops} hops: all {_fmt(last['all'])}, "
-        f"hard {_fmt(last['hard'])}, easy {_fmt(last['easy'])} in {stats['seconds']:.1f} s"
-    )
-    return stats
-
-
-def load_positives(tag: str, root: str | Path = ".") -> dict[str, np.ndarray]:
-    """positives.npz of ``tag`` with its CSR layout checked."""
-    path = propagation_dir(tag, root) / "positives.npz"
-    arrays = load_npz(path, "positive sets")
-    needed = ("indptr", "ids", "hop", "hard_indptr", "hard_ids", "easy_indptr", "easy_ids")
-    if any(key not in arrays for key in needed) or arrays["indptr"][-1] != arrays["ids"].size:
-        raise InvpropError(f"{path} is not a positives artifact; rerun the propagate stage")
-    return arrays
-
-
-def load_stats(tag: str, root: str | Path = ".") -> dict[str, Any]:
-    return read_json(propagation_dir(tag, root) / "stats.json", "propagation stats.json")

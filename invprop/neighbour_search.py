@@ -7,7 +7,8 @@ backends differ only in how they find the top-k:
   (approximate, for millions of points); on a GPU when faiss has GPU support and sees one.
 - ``torch``: chunked matmul + topk on the best device; exact only.
 
-``backend="auto"`` takes faiss when it imports, else torch with a warning (never silently).
+``backend="auto"`` takes faiss when it imports, else torch with a warning (never silently);
+faiss is optional, so it is imported where it is used.
 Approximate indexes report recall@k against an exact search on a random sample of queries.
 """
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from invprop.errors import InvpropError
 
@@ -31,18 +34,22 @@ __all__ = [
     "KnnGraph",
     "build_faiss_index",
     "check_vectors",
+    "chunk_rows",
     "drop_self",
     "faiss_settings",
     "knn_graph",
     "knn_search",
     "recall_at_k",
     "resolve_backend",
+    "topk_chunks",
 ]
 
 INDEXES = ("flat", "ivf", "hnsw")
 # faiss on a GPU answers at most 2048 neighbours per query.
 FAISS_GPU_MAX_K = 2048
 IVF_TRAIN_PER_LIST = 64
+# Similarity entries per chunk of an exact torch search (2^26 fp32 = 256 MiB).
+MAX_CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,11 +219,36 @@ def _faiss_search(
     return ids.astype(np.int64, copy=False), sims.astype(np.float32, copy=False), device
 
 
+def chunk_rows(n: int, limit: int | None = None) -> int:
+    """Queries per chunk so that one chunk's [rows, n] similarities stay near 256 MiB."""
+    return max(1, min(limit or MAX_CHUNK_ELEMENTS, MAX_CHUNK_ELEMENTS // max(1, n)))
+
+
+@torch.no_grad()
+def topk_chunks(
+    database: Tensor, queries: Tensor, k: int, chunk: int
+) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """Exact inner-product search, `chunk` queries at a time: yield (query rows, top-k
+    similarities [q, k] descending, database ids [q, k]) on the database's device.
+
+    Queries move to that device a chunk at a time; the [chunk, n] similarities go to one
+    reused buffer, since a fresh tensor per step costs page faults.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n_queries = queries.shape[0]
+    buffer = torch.empty(min(chunk, n_queries), database.shape[0], device=database.device)
+    for start in range(0, n_queries, chunk):
+        rows = slice(start, min(start + chunk, n_queries))
+        q = queries[rows].to(database.device)
+        block = torch.mm(q, database.T, out=buffer[: q.shape[0]])
+        top = block.topk(k, dim=1, largest=True, sorted=True)
+        yield rows, top.values, top.indices
+
+
 def _torch_search(
     database: np.ndarray, queries: np.ndarray, k: int, index: str, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    import torch
-
     if index != "flat":
         raise InvpropError(
             f"the torch backend searches exactly (index flat) only, got index {index!r}; "
@@ -224,20 +256,13 @@ def _torch_search(
         )
     device = torch.device(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     db = torch.from_numpy(database).to(device)
-    n = db.shape[0]
     # ~256 MiB of fp32 similarities per chunk (1118 rows at n = 60k).
-    chunk = int(options.get("chunk_size") or max(1, min(queries.shape[0], 2**26 // n)))
+    chunk = int(options.get("chunk_size") or max(1, min(queries.shape[0], chunk_rows(db.shape[0]))))
     ids = np.empty((queries.shape[0], k), dtype=np.int64)
     sims = np.empty((queries.shape[0], k), dtype=np.float32)
-    # one reused similarity buffer: a fresh [chunk, n] tensor per step costs page faults
-    buffer = torch.empty(min(chunk, queries.shape[0]), n, device=device)
-    with torch.no_grad():
-        for start in range(0, queries.shape[0], chunk):
-            q = torch.from_numpy(queries[start : start + chunk]).to(device)
-            block = torch.mm(q, db.T, out=buffer[: q.shape[0]])
-            top = block.topk(k, dim=1, largest=True, sorted=True)
-            ids[start : start + q.shape[0]] = top.indices.cpu().numpy()
-            sims[start : start + q.shape[0]] = top.values.cpu().numpy()
+    for rows, top_sims, top_ids in topk_chunks(db, torch.from_numpy(queries), k, chunk):
+        ids[rows] = top_ids.cpu().numpy()
+        sims[rows] = top_sims.cpu().numpy()
     return ids, sims, str(device)
 
 

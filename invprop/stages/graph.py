@@ -16,121 +16,35 @@ averaged over the anchors that have a label (unlabelled neighbours count as othe
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from invprop.config import Config
 from invprop.errors import InvpropError
-from invprop.io import (
-    atomic_dir,
-    ensure_free_space,
-    file_sha256,
-    load_npz,
-    read_json,
-    save_npz,
-    write_json,
-)
+from invprop.neighbour_search import knn_graph
+from invprop.workspace import embeddings_dir, load_embeddings, save_graph, write_stage_report
 
 __all__ = [
-    "Embeddings",
     "chance_purity",
-    "check_tag",
-    "embeddings_dir",
     "gini",
-    "graph_dir",
     "graph_stats",
     "headline_figures",
     "in_degree_stats",
     "label_purity_at_k",
-    "load_embeddings",
-    "load_graph",
     "run",
 ]
 
-TAG_PATTERN = re.compile(r"^(final|epoch_\d{4})$")
 HUBS = 10
 
 
 RUN_KEYS = ("device", "search_seconds", "seconds")
 
 
-def check_tag(tag: str) -> str:
-    if not TAG_PATTERN.match(tag):
-        raise InvpropError(
-            f"tag {tag!r} is not 'final' or 'epoch_NNNN' (e.g. epoch_0010); pass one of embed.tags"
-        )
-    return tag
-
-
-def embeddings_dir(tag: str, root: str | Path = ".") -> Path:
-    return Path(root) / "artifacts" / "embeddings" / check_tag(tag)
-
-
-def graph_dir(tag: str, root: str | Path = ".") -> Path:
-    return Path(root) / "artifacts" / "graph" / check_tag(tag)
-
-
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Inputs
-
-
-class Embeddings:
-    """Train embeddings of one tag, checked: vectors float32 [N, d], labels int64 [N]."""
-
-    def __init__(self, folder: Path) -> None:
-        from invprop.embed import load_embeddings as load_embedding_set
-
-        self.folder = folder
-        self.path = folder / "embeddings.npz"
-        loaded = load_embedding_set(folder)  # validates shapes, dtypes, label counts
-        vectors, labels = loaded["train_embeddings"], loaded["train_labels"]
-        self.meta: dict[str, Any] = loaded.meta
-        counts = self.meta.get("counts")
-        expected = counts.get("train") if isinstance(counts, dict) else None
-        if isinstance(expected, int) and expected != vectors.shape[0]:
-            raise InvpropError(
-                f"{self.path} holds {vectors.shape[0]} train embeddings but its meta.json "
-                f"says counts.train = {expected}; the folder is mixed up: rerun the embed stage"
-            )
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.labels = labels.astype(np.int64, copy=False)
-        self.sha256 = file_sha256(self.path)
-
-    @property
-    def n(self) -> int:
-        return self.vectors.shape[0]
-
-    @property
-    def dataset(self) -> str | None:
-        return self.meta.get("dataset")
-
-
-def load_embeddings(tag: str, root: str | Path = ".") -> Embeddings:
-    return Embeddings(embeddings_dir(tag, root))
-
-
-def load_graph(tag: str, root: str | Path = ".") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """graph.npz arrays and stats.json of a tag, with their shapes checked."""
-    folder = graph_dir(tag, root)
-    arrays = load_npz(folder / "graph.npz", "graph")
-    missing = [key for key in ("ids", "sims", "labels") if key not in arrays]
-    ids = arrays.get("ids")
-    if missing or ids is None or ids.ndim != 2 or arrays["sims"].shape != ids.shape:
-        raise InvpropError(
-            f"{folder / 'graph.npz'} is not a graph artifact (needs ids [N, k], sims [N, k], "
-            "labels [N]); rerun the graph stage"
-        )
-    stats = read_json(folder / "stats.json", "graph stats.json")
-    return arrays, stats
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,16 +137,15 @@ def graph_stats(ids: np.ndarray, sims: np.ndarray, labels: np.ndarray, prop_k: i
 
 def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
     """Build the k-NN graph of the train embeddings of ``tag``; write graph.npz + stats."""
-    from invprop.neighbours import knn_graph
-
     g = cfg.graph
-    emb = load_embeddings(tag)
+    emb = load_embeddings(embeddings_dir(tag))
     if g.k >= emb.n:
         raise InvpropError(
             f"graph.k = {g.k} needs more than k train embeddings, {emb.path} has {emb.n}; "
             "lower graph.k"
         )
-    log(f"graph {tag}: {emb.n} x {emb.vectors.shape[1]} embeddings, k={g.k}, {g.backend}/{g.index}")
+    dim = emb.train_vectors.shape[1]
+    log(f"graph {tag}: {emb.n} x {dim} embeddings, k={g.k}, {g.backend}/{g.index}")
     options: dict[str, Any] = {"seed": cfg.seed}
     if g.index == "ivf":
         options |= {"nlist": g.ivf_nlist, "nprobe": g.ivf_nprobe}
@@ -240,12 +153,12 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
         options |= {"m": g.hnsw_m}
     start = time.perf_counter()
     built = knn_graph(
-        emb.vectors, g.k, g.backend, g.index, recall_queries=g.recall_queries, **options
+        emb.train_vectors, g.k, g.backend, g.index, recall_queries=g.recall_queries, **options
     )
-    stats = graph_stats(built.ids, built.sims, emb.labels, min(cfg.propagate.k, g.k))
+    stats = graph_stats(built.ids, built.sims, emb.train_labels, min(cfg.propagate.k, g.k))
     stats |= {
         "tag": tag,
-        "dim": int(emb.vectors.shape[1]),
+        "dim": int(emb.train_vectors.shape[1]),
         "backend": built.backend,
         "index": built.index,
         "device": built.device,
@@ -261,16 +174,14 @@ def run(cfg: Config, tag: str = "final") -> dict[str, Any]:
             "checkpoint_sha256": emb.meta.get("checkpoint_sha256"),
         },
     }
-    out = graph_dir(tag)
-    ensure_free_space(
-        out.parent, built.ids.nbytes + built.sims.nbytes + emb.labels.nbytes, "the k-NN graph"
+    # Timings and the device go to the report only: equal inputs give an equal artifact.
+    save_graph(
+        tag,
+        {"ids": built.ids, "sims": built.sims, "labels": emb.train_labels},
+        {k: v for k, v in stats.items() if k not in RUN_KEYS},
     )
-    with atomic_dir(out) as tmp:
-        save_npz(tmp / "graph.npz", {"ids": built.ids, "sims": built.sims, "labels": emb.labels})
-        # Timings and the device go to the report only: equal inputs give an equal artifact.
-        write_json(tmp / "stats.json", {k: v for k, v in stats.items() if k not in RUN_KEYS})
     headline = headline_figures(stats, cfg.propagate.k)
-    write_json(Path("reports") / f"graph_{tag}.json", headline)
+    write_stage_report(f"graph_{tag}", headline)
     log(
         f"graph {tag}: purity@1 {_fmt(headline['purity_at_1'])}, "
         f"purity@{g.k} {_fmt(headline['purity_at_k'])}, "

@@ -1,8 +1,8 @@
 """Weighted k-nearest-neighbour classification: the one kNN of the project.
 
-The training monitor, the evaluate stage and `invprop knn` all call these two functions,
-so every kNN figure in the project means the same thing (STYLE.md item 9, after DINO's
-`knn_classifier`). The protocol is NPID's, which InvP's authors use for their monitor
+The training monitor, the evaluate stage and `invprop knn` all call these functions, so
+every kNN figure in the project means the same thing (after DINO's `knn_classifier`).
+The protocol is NPID's, which InvP's authors use for their monitor
 (WangFeng18/InvariancePropagation@a290ae12d6e0ced62c19f0bbc395ded8e5e308df, `kNN.py`):
 
     sim(q, t) = <q / |q|, t / |t|>                  cosine similarity
@@ -23,16 +23,16 @@ Rules every caller can rely on:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "weighted_knn_scores"]
+from invprop.neighbour_search import chunk_rows, topk_chunks
 
-# At most this many similarity entries per chunk (2^26 fp32 = 256 MiB).
-_MAX_CHUNK_ELEMENTS = 1 << 26
+__all__ = ["knn_accuracy", "knn_metrics", "weighted_knn_scores"]
 
 
 def _prepare(train: Tensor, train_labels: Tensor, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,16 +66,12 @@ def _prepare(train: Tensor, train_labels: Tensor, queries: Tensor) -> tuple[Tens
 def _neighbours(
     train: Tensor, queries: Tensor, k: int, chunk_size: int
 ) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    """Yield (query slice, top-k similarities [q, k] descending, train indices [q, k])."""
+    """Yield (query slice, top-k similarities [q, k] descending, train indices [q, k]): the
+    exact chunked search of the graph stage's torch backend, at most `chunk_size` queries
+    per chunk."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(1, train.shape[0])))
-    train_t = train.t()
-    for start in range(0, queries.shape[0], chunk):
-        rows = slice(start, min(start + chunk, queries.shape[0]))
-        sims = queries[rows] @ train_t
-        top_sims, top_ids = sims.topk(k, dim=1, largest=True, sorted=True)
-        yield rows, top_sims, top_ids
+    return topk_chunks(train, queries, k, chunk_rows(train.shape[0], chunk_size))
 
 
 def _votes(
@@ -182,3 +178,33 @@ def knn_accuracy(
             hits[k][1] += correct.any(dim=1).sum()
     total = queries.shape[0]
     return {k: {"top1": int(h[0]) / total, "top5": int(h[1]) / total} for k, h in hits.items()}
+
+
+def knn_metrics(
+    prefix: str,
+    train: Tensor,
+    train_labels: Tensor,
+    test: Tensor,
+    test_labels: Tensor,
+    ks: list[int],
+    temperature: float,
+    num_classes: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Weighted kNN for every k in `ks`: {prefix}/k{K}/{top1,top5} and {prefix}/seconds."""
+    start = time.perf_counter()
+    result = knn_accuracy(
+        train.to(device),
+        train_labels.to(device),
+        test.to(device),
+        test_labels.to(device),
+        ks,
+        temperature,
+        num_classes,
+    )
+    out: dict[str, float] = {}
+    for k, scores in result.items():
+        out[f"{prefix}/k{k}/top1"] = scores["top1"]
+        out[f"{prefix}/k{k}/top5"] = scores["top5"]
+    out[f"{prefix}/seconds"] = round(time.perf_counter() - start, 3)
+    return out

@@ -1,4 +1,5 @@
-"""InvP pretraining: one readable loop, top to bottom.
+"""InvP pretraining: one readable loop, top to bottom (shared by the pretrain and
+instance_discrimination stages).
 
     for each epoch:
         for each batch of indices (a seeded permutation of the train split):
@@ -26,10 +27,10 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from invprop.augment import BatchAugment
@@ -41,7 +42,7 @@ from invprop.checkpoint import (
     training_hash,
 )
 from invprop.config import Config
-from invprop.data import PreparedDataset, load_prepared
+from invprop.data import PreparedDataset
 from invprop.data.loader import batch_sizes, train_source
 from invprop.distributed import (
     Ranks,
@@ -50,18 +51,15 @@ from invprop.distributed import (
     broadcast_,
     process_group,
     rank_device,
-    relaunched,
     sync_batchnorm,
 )
-from invprop.embed import extract, input_normalisation, resolve_device
 from invprop.errors import InvpropError
-from invprop.io import write_json
-from invprop.knn import knn_accuracy
+from invprop.inference import extract, input_normalisation, resolve_device
+from invprop.knn_classifier import knn_accuracy
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight
 from invprop.models import Encoder
+from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
-OUT_DIR = Path("models/pretrain")
-DVCLIVE_DIR = Path("dvclive/pretrain")
 MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
 
@@ -173,7 +171,7 @@ def training_step(
         embeddings = model(x)
     embeddings = embeddings.float()
     sim = bank.similarities(embeddings)
-    prop = propagate(bank.neighbours, indices, p.hops, p.propagation) if weight else None
+    prop = propagate(bank.neighbours, indices, p.hops, p.propagator) if weight else None
     losses = invp_loss(
         sim,
         indices,
@@ -206,25 +204,23 @@ def check_fits(cfg: Config, n: int, world_size: int = 1) -> None:
             f"params: pretrain.n_background = {p.n_background} is larger than the memory bank "
             f"({n} train images); lower it to at most {n}"
         )
-    if p.knn_k + 1 >= n:
-        raise InvpropError(
-            f"params: pretrain.knn_k = {p.knn_k} needs more than {p.knn_k + 1} images"
-        )
+    if p.k + 1 >= n:
+        raise InvpropError(f"params: pretrain.k = {p.k} needs more than {p.k + 1} images")
     if p.batch_size > n:
         raise InvpropError(
             f"params: pretrain.batch_size = {p.batch_size} exceeds the {n} train images"
         )
 
 
-def resume_state(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
+def resume_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None to start afresh (with the reason logged)."""
-    last = out_dir / "last.pt"
+    last = run.last
     if not last.exists():
         return None
     try:
         state = load_checkpoint(last)
     except InvpropError as exc:
-        snapshots = sorted((out_dir / "snapshots").glob("epoch_*.pt"), reverse=True)
+        snapshots = [path for _, path in reversed(run.snapshots())]
         log(f"warning: {exc}")
         for snapshot in snapshots:
             try:
@@ -266,7 +262,7 @@ def monitor_knn(
     return result[MONITOR_K]["top1"]
 
 
-def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) -> dict[str, Any]:
+def train(cfg: Config, run: TrainingRun = PRETRAIN) -> dict[str, Any]:
     """Pretrain (or resume) and write last.pt, snapshots and final.pt; return the summary.
 
     Under torchrun every rank runs this: each trains on its share of every global batch,
@@ -275,16 +271,14 @@ def train(cfg: Config, out_dir: Path = OUT_DIR, live_dir: Path = DVCLIVE_DIR) ->
     ranks = Ranks.from_env()
     device = rank_device(resolve_device(cfg.pretrain.device), ranks)
     with process_group(ranks, device):
-        return _train(cfg, out_dir, live_dir, ranks, device)
+        return _train(cfg, run, ranks, device)
 
 
-def _train(
-    cfg: Config, out_dir: Path, live_dir: Path, ranks: Ranks, device: torch.device
-) -> dict[str, Any]:
+def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) -> dict[str, Any]:
     p = cfg.pretrain
     if p.threads:
         torch.set_num_threads(p.threads)
-    prepared = load_prepared(Path("data/prepared") / cfg.data.name)
+    prepared = prepared_dataset(cfg.data.name)
     data = train_source(prepared, cfg, device)
     check_fits(cfg, data.n, ranks.world_size)
 
@@ -293,7 +287,7 @@ def _train(
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
         encoder = sync_batchnorm(encoder, device)
-    bank = MemoryBank(data.n, cfg.model.dim, p.knn_k).to(device)
+    bank = MemoryBank(data.n, cfg.model.dim, p.k).to(device)
     optimizer = make_optimizer(cfg, encoder)
     state = TrainState(encoder, bank, optimizer, history=[])
     mean, std = input_normalisation(prepared.meta, cfg)
@@ -301,7 +295,7 @@ def _train(
         cfg.augment, cfg.data.image_size, mean, std, crop=not data.crops_in_workers
     ).to(device)
 
-    previous = resume_state(cfg, out_dir)
+    previous = resume_state(cfg, run)
     if previous is not None:
         state.restore(previous)
         log(f"resuming from epoch {state.epoch} of {p.epochs}")
@@ -332,9 +326,7 @@ def _train(
 
     live = None
     if ranks.is_main:
-        from dvclive import Live
-
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+        live = Live(dir=str(run.curves), save_dvc_exp=False, dvcyaml=False)
         for row in state.history:  # replay, so the curves survive a resume
             log_row(live, row)
 
@@ -375,7 +367,7 @@ def _train(
         if not all(math.isfinite(v) for v in means):
             raise InvpropError(
                 f"the loss became {means[0]} in epoch {epoch}; stopped without saving it. "
-                f"The last good checkpoint ({out_dir / 'last.pt'}, epoch {state.epoch}) is kept; "
+                f"The last good checkpoint ({run.last}, epoch {state.epoch}) is kept; "
                 "lower pretrain.lr or use precision fp32"
             )
         state.epoch = epoch
@@ -401,13 +393,13 @@ def _train(
         # The snapshot first: until last.pt says this epoch is done, a restart redoes the
         # epoch and so rewrites a snapshot that a kill cut short.
         if epoch in p.snapshot_epochs:
-            save_checkpoint(out_dir / "snapshots" / f"epoch_{epoch:04d}.pt", checkpoint)
-        save_checkpoint(out_dir / "last.pt", checkpoint)
+            save_checkpoint(run.snapshot(epoch), checkpoint)
+        save_checkpoint(run.last, checkpoint)
 
     if live is not None:
         live.end()
     if ranks.is_main:
-        save_checkpoint(out_dir / "final.pt", state.to_checkpoint(cfg))
+        save_checkpoint(run.final, state.to_checkpoint(cfg))
     last = state.history[-1]
     summary = {
         "epochs": state.epoch,
@@ -419,12 +411,3 @@ def _train(
         "seconds": sum(r["epoch_seconds"] for r in state.history),
     }
     return summary
-
-
-def run(cfg: Config) -> None:
-    """The pretrain stage: train or resume, then write reports/pretrain.json (rank 0)."""
-    if relaunched("pretrain", cfg):
-        return
-    summary = train(cfg)
-    if Ranks.from_env().is_main:
-        write_json("reports/pretrain.json", summary)

@@ -22,7 +22,7 @@ import numpy as np
 from invprop import __version__
 from invprop.config import Config
 from invprop.data.imagefolder import check_images
-from invprop.data.prepared import META_VERSION, SPLITS, decode_image, load_size
+from invprop.data.prepared import META_VERSION, SPLITS, decode_image, load_size, split_files
 from invprop.data.sources import (
     ArraySplit,
     FileSplit,
@@ -31,14 +31,12 @@ from invprop.data.sources import (
     SourceOptions,
     get_source,
     say,
-    sha256_file,
-    stratified_subset,
 )
 from invprop.errors import InvpropError
-from invprop.io import atomic_dir, ensure_free_space, write_json
+from invprop.io import atomic_dir, ensure_free_space, file_sha256, write_json
+from invprop.sampling import stratified_subset
+from invprop.workspace import META_FILE, prepared_dir, stage_report
 
-PREPARED_DIR = Path("data/prepared")
-REPORTS_DIR = Path("reports")
 # "files" datasets: how many train images are decoded to estimate the channel mean/std.
 STATS_SAMPLE = 1000
 
@@ -61,8 +59,8 @@ def prepare(
     """
     start = time.perf_counter()
     source = get_source(name)
-    out = Path(out) if out is not None else PREPARED_DIR / name
-    report = Path(report) if report is not None else REPORTS_DIR / f"prepare_{name}.json"
+    out = Path(out) if out is not None else prepared_dir(name)
+    report = Path(report) if report is not None else stage_report(f"prepare_{name}")
     opts = SourceOptions.from_config(cfg, name)
     where = opts.root or source.default_root
     say(f"prepare {name}: " + (f"reading {where}" if where else "building"))
@@ -132,7 +130,7 @@ def prepare(
     with atomic_dir(out) as tmp:
         for split, data in splits.items():
             _write_split(tmp, split, data)
-        write_json(tmp / "meta.json", meta)  # no timings: equal inputs, equal artifact
+        write_json(tmp / META_FILE, meta)  # no timings: equal inputs, equal artifact
 
     size_bytes = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     seconds = round(time.perf_counter() - start, 3)
@@ -167,7 +165,7 @@ def _limit(split: RawSplit, limit: int | None, seed: int) -> RawSplit:
 def _record(source: Path | SourceFile) -> SourceFile:
     if isinstance(source, SourceFile):
         return source
-    return SourceFile(str(source), sha256_file(source), source.stat().st_size)
+    return SourceFile(str(source), file_sha256(source), source.stat().st_size)
 
 
 def _class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
@@ -218,9 +216,10 @@ def _artifact_bytes(splits: dict[str, RawSplit]) -> int:
 
 
 def _write_split(folder: Path, split: str, data: RawSplit) -> None:
+    files = split_files(folder, split)
     if isinstance(data, ArraySplit):
-        np.save(folder / f"{split}_images.npy", np.ascontiguousarray(data.images, np.uint8))
-        np.save(folder / f"{split}_labels.npy", data.labels.astype(np.int64))
+        np.save(files["images"], np.ascontiguousarray(data.images, np.uint8))
+        np.save(files["labels"], data.labels.astype(np.int64))
         return
     index = {"root": str(data.root), "files": data.files, "labels": data.labels.tolist()}
-    (folder / f"{split}_index.json").write_text(json.dumps(index, separators=(",", ":")))
+    files["index"].write_text(json.dumps(index, separators=(",", ":")))
