@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="augmentation batches per run")
     parser.add_argument("--model-iters", type=int, default=5, help="model batches per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is kept")
-    parser.add_argument("--head", default="mlp", choices=["linear", "mlp"])
+    parser.add_argument("--head", default="mlp_hidden_bn", choices=["linear", "mlp_hidden_bn"])
     parser.add_argument("--channels-last", action="store_true", help="models in NHWC layout")
     parser.add_argument("--only", choices=["augment", "model"], help="run one group only")
     args = parser.parse_args()

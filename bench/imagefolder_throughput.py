@@ -1,11 +1,12 @@
-"""Images/s of pretraining's image-folder source (decode + convert + batch), by worker count.
+"""Images/s of pretraining's image-folder source (decode + random crop + batch), by workers.
 
 Writes a synthetic ImageNet-style folder of JPEGs (train/ and val/ with class folders;
 smooth random colour fields plus grain, sides around --side) in a scratch folder, prepares
-it at --image-size (stored at S = image_size * 8/7), then times one epoch of
-`FolderImages.batches` per run (median of --repeats runs, DataLoader start-up included,
-files in the page cache) for each worker count, and the same with the imagenet-paper
-preset's BatchAugment after it, on --device (batches land there, as in training).
+it for --image-size, then times one epoch of `FolderImages.batches` per run (each image
+decoded whole and its random resized crop taken in the workers; median of --repeats runs,
+DataLoader start-up included, files in the page cache) for each worker count, and the same
+with the imagenet-paper preset's batched augmentation after it (BatchAugment(crop=False)),
+on --device (batches land there, as in training).
 Prints one JSON line per measurement.
 
     python bench/imagefolder_throughput.py                         # 2,000 images, 0/1/2 workers
@@ -30,7 +31,7 @@ from invprop.augment import BatchAugment
 from invprop.config import Config, config_from_dict, deep_merge, read_yaml_mapping
 from invprop.data import PreparedDataset, load_prepared
 from invprop.data.loader import train_source
-from invprop.inference import normalisation
+from invprop.inference import input_normalisation
 from invprop.stages.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +130,10 @@ def main() -> None:
         }
         print(json.dumps({"bench": "setup", "write_s": round(written_s, 1), **common}), flush=True)
         print(json.dumps({"bench": "prepare", "seconds": round(prepared_s, 1)}), flush=True)
-        mean, std = normalisation(prepared.meta, 3)
-        augment = BatchAugment(cfg.augment, args.image_size, mean, std).to(args.device)
+        mean, std = input_normalisation(prepared.meta, cfg)
+        # the folder source crops in its workers: the batched part is everything after
+        augment = BatchAugment(cfg.augment, args.image_size, mean, std, crop=False)
+        augment = augment.to(args.device)
         runs = [(w, None) for w in args.workers] + [(w, augment) for w in args.augment_workers]
         for num_workers, with_augment in runs:
             cfg = folder_config(args, root, num_workers)

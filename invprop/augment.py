@@ -26,28 +26,32 @@ Ops, in this fixed order
 ------------------------
 1. random resized crop + horizontal flip, as one ``affine_grid``/``grid_sample`` (bilinear,
    ``align_corners=False``, border padding) straight from ``H x W`` to ``S x S``. The box is
-   sampled like torchvision's ``RandomResizedCrop`` (area fraction uniform in ``crop_scale``,
-   log aspect ratio uniform in ``log(crop_ratio)``, integer sides by rounding, integer
-   offsets) but without the rejection loop: one draw, sides clamped to the image.
-2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation, hue, in that
-   fixed order (torchvision's ``ColorJitter`` draws a random order per image; we do not, to
-   keep a few kernels per op). Factors are sampled as torchvision does: uniform in
-   ``[max(0, 1 - b), 1 + b]``, hue shift uniform in ``[-h, h]``. Hue uses an exact RGB -> HSV
-   -> RGB round-trip, not a YIQ rotation: it matches ``torchvision.transforms.functional.
-   adjust_hue`` (the authors' recipe uses hue 0.4, large enough for a YIQ rotation to leave
-   the RGB gamut and disagree visibly), and costs only elementwise kernels. For one-channel
-   images saturation and hue are the identity (as in torchvision).
+   sampled as torchvision's ``RandomResizedCrop`` does (:func:`crop_boxes`: area fraction
+   uniform in ``crop_scale``, log aspect ratio uniform in ``log(crop_ratio)``, integer sides
+   by rounding, up to 10 attempts until the box fits, else the centre crop; integer offsets).
+   Image folders take this crop per image, from the whole decoded image, in the data-loader
+   workers (:class:`CroppedImageFiles`), and the batch arrives here as
+   ``S x S`` with only the flip left to apply (``BatchAugment(..., crop=False)``).
+2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation, hue, in a
+   random order per image as torchvision's ``ColorJitter`` (:func:`color_jitter`). Factors
+   are sampled as torchvision does: uniform in ``[max(0, 1 - b), 1 + b]``, hue shift uniform
+   in ``[-h, h]``. Hue uses an exact RGB -> HSV -> RGB round-trip, not a YIQ rotation: it
+   matches ``torchvision.transforms.functional.adjust_hue`` (the authors' recipe uses hue
+   0.4, large enough for a YIQ rotation to leave the RGB gamut and disagree visibly), and
+   costs only elementwise kernels. For one-channel images saturation and hue are the
+   identity (as in torchvision).
 3. random greyscale with probability ``grayscale_p`` (3 channels only; ITU-R 601 weights
    0.2989, 0.587, 0.114 as torchvision).
 4. gaussian blur with probability ``blur_p``, sigma uniform in ``blur_sigma``, an odd kernel
    of about 10% of ``S`` (SimCLR / MoCo v2 convention: 23 px at 224), reflect padding, as a
    separable grouped convolution with per-sample kernels (torchvision's ``gaussian_blur``).
-5. normalisation with the dataset's per-channel mean and std.
+5. normalisation with per-channel mean and std (the data's own, or ``augment.mean``/``std``).
 
 Flip commutes with ops 2-5, so applying it inside the crop is the same as torchvision's
 ``RandomHorizontalFlip`` anywhere in the pipeline.
 
-Entry points: :class:`BatchAugment` (training) and :func:`center` (embedding, evaluation).
+Entry points: :class:`BatchAugment` (training), :class:`CroppedImageFiles` (the crops of
+image folders, made in data-loader workers) and :func:`center` (embedding, evaluation).
 The batched ops (:func:`resized_crop`, :func:`adjust_brightness`, ...) are public so that tests
 and the CLI can use them with explicit parameters.
 """
@@ -58,24 +62,31 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invprop.config import AugmentConfig
+from invprop.data.prepared import ImageFiles, Split, open_image, to_chw
 
 __all__ = [
+    "CROP_ATTEMPTS",
     "DRAWS",
+    "JITTER_OPS",
     "AugmentConfig",
     "AugmentParams",
     "BatchAugment",
+    "CroppedImageFiles",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
     "blur_kernel_size",
     "center",
+    "color_jitter",
+    "crop_boxes",
     "gaussian_blur",
     "normalize",
     "resized_crop",
@@ -108,6 +119,16 @@ DRAWS: dict[str, int] = {
     "blur": 11,
     "blur_sigma": 12,
 }
+# torchvision's RandomResizedCrop tries up to CROP_ATTEMPTS boxes; attempt 0 is drawn by
+# crop_scale / crop_ratio above, attempts 1.. by these.
+CROP_ATTEMPTS = 10
+for _attempt in range(1, CROP_ATTEMPTS):
+    DRAWS[f"crop_scale_{_attempt}"] = len(DRAWS)
+    DRAWS[f"crop_ratio_{_attempt}"] = len(DRAWS)
+# ColorJitter's random order of its four ops: the argsort of four uniforms per sample.
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+for _op in JITTER_OPS:
+    DRAWS[f"order_{_op}"] = len(DRAWS)
 _N_DRAWS = len(DRAWS)
 
 
@@ -187,10 +208,11 @@ def _uniform_table(seed: int, epoch: int, indices: Tensor, n: int) -> Tensor:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Per-sample parameters of one batch; every field is a ``[B]`` tensor on the batch's device.
+    """Per-sample parameters of one batch, tensors on the batch's device.
 
     ``top, left, height, width`` are the integer crop box in input pixels (stored as float32).
-    Factors of samples whose op is off are still sampled (and ignored).
+    Factors of samples whose op is off are still sampled (and ignored). ``jitter_order`` is
+    ``[B, 4]``, every other field ``[B]``.
     """
 
     top: Tensor
@@ -199,6 +221,7 @@ class AugmentParams:
     width: Tensor
     flip: Tensor  # bool
     jitter: Tensor  # bool
+    jitter_order: Tensor  # [B, 4] int64: indices into JITTER_OPS, in the order applied
     brightness: Tensor
     contrast: Tensor
     saturation: Tensor
@@ -213,21 +236,65 @@ def _factor(u: Tensor, strength: float) -> Tensor:
     return lo + u * (1.0 + strength - lo)
 
 
+def crop_boxes(
+    u: Tensor, config: AugmentConfig, height: int | Tensor, width: int | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's ``RandomResizedCrop.get_params``, vectorised over the batch.
+
+    Up to ``CROP_ATTEMPTS`` (area fraction, aspect ratio) draws per sample; the first whose
+    rounded box fits inside the image wins, with a uniformly drawn integer offset; when none
+    fits, the centre crop of the whole image with its aspect ratio clamped to ``crop_ratio``.
+    ``u`` is the ``[B, len(DRAWS)]`` uniform table; ``height``/``width`` are ints or ``[B]``
+    tensors (image folders: every image has its own size). Returns float32 ``[B]`` tensors
+    ``(top, left, box_height, box_width)``.
+    """
+    d = DRAWS
+    device = u.device
+    img_h = torch.as_tensor(height, dtype=torch.float32, device=device).expand(u.shape[0])
+    img_w = torch.as_tensor(width, dtype=torch.float32, device=device).expand(u.shape[0])
+    scale_cols = [d["crop_scale"]] + [d[f"crop_scale_{a}"] for a in range(1, CROP_ATTEMPTS)]
+    ratio_cols = [d["crop_ratio"]] + [d[f"crop_ratio_{a}"] for a in range(1, CROP_ATTEMPTS)]
+    lo, hi = config.crop_scale
+    area = (img_h * img_w)[:, None] * (lo + u[:, scale_cols] * (hi - lo))  # [B, attempts]
+    log_lo, log_hi = math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1])
+    ratio = torch.exp(log_lo + u[:, ratio_cols] * (log_hi - log_lo))
+    w = torch.round(torch.sqrt(area * ratio))
+    h = torch.round(torch.sqrt(area / ratio))
+    fits = (w > 0) & (w <= img_w[:, None]) & (h > 0) & (h <= img_h[:, None])
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first that fits (or 0)
+    found = fits.any(dim=1)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    top = torch.floor(u[:, d["crop_top"]] * (img_h - h + 1)).clamp(max=img_h - h)
+    left = torch.floor(u[:, d["crop_left"]] * (img_w - w + 1)).clamp(max=img_w - w)
+    # The fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
+    in_ratio = img_w / img_h
+    min_ratio, max_ratio = min(config.crop_ratio), max(config.crop_ratio)
+    fb_w = torch.where(in_ratio > max_ratio, torch.round(img_h * max_ratio), img_w)
+    fb_h = torch.where(in_ratio < min_ratio, torch.round(img_w / min_ratio), img_h)
+    fb_top = torch.div(img_h - fb_h, 2, rounding_mode="floor")
+    fb_left = torch.div(img_w - fb_w, 2, rounding_mode="floor")
+    return (
+        torch.where(found, top, fb_top),
+        torch.where(found, left, fb_left),
+        torch.where(found, h, fb_h),
+        torch.where(found, w, fb_w),
+    )
+
+
 def sample_params(
-    seed: int, epoch: int, indices: Tensor, config: AugmentConfig, height: int, width: int
+    seed: int,
+    epoch: int,
+    indices: Tensor,
+    config: AugmentConfig,
+    height: int | Tensor,
+    width: int | Tensor,
 ) -> AugmentParams:
-    """Draw every sample's parameters for an input of ``height x width`` pixels."""
+    """Draw every sample's parameters for inputs of ``height x width`` pixels (ints, or
+    ``[B]`` tensors when the images differ in size)."""
     u = _uniform_table(seed, epoch, indices, _N_DRAWS)
     d = DRAWS
-    area = (height * width) * (
-        config.crop_scale[0] + u[:, d["crop_scale"]] * (config.crop_scale[1] - config.crop_scale[0])
-    )
-    log_lo, log_hi = math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1])
-    ratio = torch.exp(log_lo + u[:, d["crop_ratio"]] * (log_hi - log_lo))
-    w = torch.round(torch.sqrt(area * ratio)).clamp(1, width)
-    h = torch.round(torch.sqrt(area / ratio)).clamp(1, height)
-    top = torch.minimum(torch.floor(u[:, d["crop_top"]] * (height - h + 1)), height - h)
-    left = torch.minimum(torch.floor(u[:, d["crop_left"]] * (width - w + 1)), width - w)
+    top, left, h, w = crop_boxes(u, config, height, width)
+    order_cols = [d[f"order_{op}"] for op in JITTER_OPS]
     lo, hi = config.blur_sigma
     return AugmentParams(
         top=top,
@@ -236,6 +303,7 @@ def sample_params(
         width=w,
         flip=u[:, d["flip"]] < config.flip_p,
         jitter=u[:, d["jitter"]] < config.jitter_p,
+        jitter_order=u[:, order_cols].argsort(dim=1),
         brightness=_factor(u[:, d["brightness"]], config.brightness),
         contrast=_factor(u[:, d["contrast"]], config.contrast),
         saturation=_factor(u[:, d["saturation"]], config.saturation),
@@ -347,6 +415,39 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return v - v * s.unsqueeze(1) * ramp
 
 
+def color_jitter(x: Tensor, p: AugmentParams, config: AugmentConfig) -> Tensor:
+    """torchvision's ``ColorJitter``: each sample's ops in its own order ``p.jitter_order``.
+
+    Only ops that change something take part: strength non-zero, and saturation and hue
+    only on three channels (the identity on one, as in torchvision). Each of the k
+    positions computes those k ops for the whole batch and keeps, per sample, the one that
+    sample applies there: k^2 elementwise ops, no host sync.
+    """
+    ops = {
+        "brightness": lambda y: adjust_brightness(y, p.brightness),
+        "contrast": lambda y: adjust_contrast(y, p.contrast),
+        "saturation": lambda y: adjust_saturation(y, p.saturation),
+        "hue": lambda y: adjust_hue(y, p.hue),
+    }
+    colour_only = ("saturation", "hue")
+    active = [
+        JITTER_OPS.index(name)
+        for name in JITTER_OPS
+        if getattr(config, name) and (x.shape[1] == 3 or name not in colour_only)
+    ]
+    if len(active) <= 1:  # nothing to order
+        return ops[JITTER_OPS[active[0]]](x) if active else x
+    rank = p.jitter_order.argsort(dim=1)  # [B, 4]: where each op comes in the sample's order
+    order = rank[:, active].argsort(dim=1)  # [B, k]: indices into `active`, in applied order
+    for position in range(len(active)):
+        out = x
+        for slot, op_id in enumerate(active):
+            applied = order[:, position] == slot
+            out = torch.where(_per_sample(applied), ops[JITTER_OPS[op_id]](x), out)
+        x = out
+    return x
+
+
 def blur_kernel_size(size: int) -> int:
     """Odd kernel of about 10% of the image side (SimCLR / MoCo v2: 23 at 224), at least 3."""
     k = int(0.1 * size)
@@ -402,6 +503,10 @@ def _to_unit_float(images: Tensor) -> Tensor:
 class BatchAugment(nn.Module):
     """The training-time augmentation: ``uint8 [B, C, H, W] -> float32 [B, C, size, size]``.
 
+    ``crop=False``: the batch comes already cropped to ``size x size`` (image folders, whose
+    crops `CroppedImageFiles` takes in the loader workers from each
+    whole image with the same per-sample boxes); only the flip and the later ops remain.
+
     ``mean``/``std`` are non-persistent buffers, so ``.to(device)`` once moves them next to the
     data and no call ever copies from the host. Shapes and devices follow the input.
 
@@ -415,7 +520,12 @@ class BatchAugment(nn.Module):
     std: Tensor
 
     def __init__(
-        self, config: AugmentConfig, size: int, mean: Sequence[float], std: Sequence[float]
+        self,
+        config: AugmentConfig,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop: bool = True,
     ) -> None:
         super().__init__()
         if len(mean) != len(std):
@@ -424,6 +534,7 @@ class BatchAugment(nn.Module):
             raise ValueError(f"size must be >= 1, got {size}")
         self.config = config
         self.size = int(size)
+        self.crop = crop
         self.blur_kernel = blur_kernel_size(self.size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
@@ -451,19 +562,18 @@ class BatchAugment(nn.Module):
             raise ValueError(f"{x.shape[1]}-channel images, {self.mean.numel()}-channel mean/std")
         cfg = self.config
         p = self.params(x, indices.to(x.device), seed, epoch)
-        x = resized_crop(x, p.top, p.left, p.height, p.width, self.size, flip=p.flip)
+        if self.crop:
+            x = resized_crop(x, p.top, p.left, p.height, p.width, self.size, flip=p.flip)
+        elif x.shape[-2:] != (self.size, self.size):
+            raise ValueError(
+                f"crop=False expects batches already cropped to {self.size}x{self.size}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        else:
+            x = torch.where(_per_sample(p.flip), x.flip(-1), x)
 
-        if cfg.jitter_p > 0 and (cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue):
-            y = x
-            if cfg.brightness:
-                y = adjust_brightness(y, p.brightness)
-            if cfg.contrast:
-                y = adjust_contrast(y, p.contrast)
-            if cfg.saturation:
-                y = adjust_saturation(y, p.saturation)
-            if cfg.hue:
-                y = adjust_hue(y, p.hue)
-            x = torch.where(_per_sample(p.jitter), y, x)
+        if cfg.jitter_p > 0:
+            x = torch.where(_per_sample(p.jitter), color_jitter(x, p, cfg), x)
 
         if cfg.grayscale_p > 0 and x.shape[1] == 3:
             x = torch.where(_per_sample(p.grayscale), rgb_to_grayscale(x).expand_as(x), x)
@@ -472,6 +582,66 @@ class BatchAugment(nn.Module):
             x = torch.where(_per_sample(p.blur), gaussian_blur(x, p.sigma, self.blur_kernel), x)
 
         return normalize(x, self.mean.to(x.device), self.std.to(x.device))
+
+
+class CroppedImageFiles(torch.utils.data.Dataset):
+    """The training view of an image-file split: item i is (uint8 (C, size, size), i), the
+    random resized crop of image i taken from the WHOLE decoded image, as the authors'
+    torchvision ``RandomResizedCrop`` does on the full-resolution PIL image.
+
+    The box is `invprop.augment.sample_params` for (seed, epoch, i) at the image's own size,
+    so it is the same whichever worker, batch or rank decodes it; the crop is resized to
+    ``size x size`` by PIL's bilinear resampling (torchvision's PIL path: crop, then resize).
+    `shorter_side` (augment.shorter_side): first resize images whose shorter side is longer,
+    keeping the aspect ratio and the whole image (faster decoding of large JPEGs); None
+    crops from full resolution. The flip and the colour ops are left to `BatchAugment`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        channels: int,
+        size: int,
+        config: AugmentConfig,
+        seed: int,
+        epoch: int,
+        shorter_side: int | None = None,
+    ) -> None:
+        if not isinstance(split.images, ImageFiles):
+            raise TypeError("CroppedImageFiles reads image-file splits only")
+        self.files, self.channels, self.size = split.images, channels, size
+        self.config, self.seed, self.epoch = config, seed, epoch
+        self.shorter_side = shorter_side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def whole_image(self, index: int) -> Any:
+        """Image `index` as the crops see it: whole, at most `shorter_side` on its short side."""
+        from PIL import Image
+
+        side = self.shorter_side
+        image = open_image(
+            self.files.path(index), self.channels, None if side is None else (side, side)
+        )
+        width, height = image.size
+        if side is not None and min(width, height) > side:
+            scale = side / min(width, height)
+            target = (max(side, round(width * scale)), max(side, round(height * scale)))
+            image = image.resize(target, Image.Resampling.BILINEAR)
+        return image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = self.whole_image(index)
+        width, height = image.size
+        p = sample_params(self.seed, self.epoch, torch.tensor([index]), self.config, height, width)
+        top, left, box_h, box_w = (int(v[0]) for v in (p.top, p.left, p.height, p.width))
+        # crop, then resize: resizing with a box would read pixels beyond its edges
+        box = (left, top, left + box_w, top + box_h)
+        crop = image.crop(box).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(to_chw(crop)), int(index)
 
 
 def center(

@@ -150,7 +150,8 @@ def checkpoint_preprocessing(state: dict[str, Any], where: str) -> dict[str, Any
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
     """The validated config of the run that wrote `state` (one written before a params key
-    was renamed reads under the current names)."""
+    or value was renamed, such as the heads 'mlp' and 'mlp_bn', reads under the current
+    names)."""
     return config_from_dict(with_current_names(state["config"]))
 
 

@@ -43,16 +43,30 @@ RENAMED_KEYS = {
     "pretrain.knn_k": "pretrain.k",
     "pretrain.propagation": "pretrain.propagator",
 }
+# Values renamed so that a head is named for what it is: reading an old value in params is an
+# error naming the new one, so no params file silently changes meaning.
+RENAMED_VALUES: dict[str, dict[str, str]] = {
+    "model.head": {"mlp": "mlp_hidden_bn", "mlp_bn": "mlp_hidden_out_bn"},
+}
+_RENAME_NOTES = {
+    ("model.head", "mlp"): "; the authors' head, without BatchNorm, is 'mlp_no_bn'",
+}
 
 
 def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
-    """A params mapping written before RENAMED_KEYS (a checkpoint's stored config) with its
-    keys under their current names; other mappings come back as they are."""
+    """A params mapping written before RENAMED_KEYS / RENAMED_VALUES (a checkpoint's stored
+    config) with its keys and values under their current names; other mappings come back as
+    they are. `data` is not modified."""
     out = json.loads(json.dumps(data))
     for old, new in RENAMED_KEYS.items():
         (section, name), (_, new_name) = old.split("."), new.split(".")
         if name in out.get(section, {}):
             out[section][new_name] = out[section].pop(name)
+    for dotted, names in RENAMED_VALUES.items():
+        section, name = dotted.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name] in names:
+            node[name] = names[node[name]]
     return out
 
 
@@ -86,7 +100,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: Literal["small_cnn", "resnet18_cifar", "resnet50"] = "small_cnn"
-    head: Literal["linear", "mlp", "mlp_bn"] = "mlp"
+    # mlp_no_bn: the authors' Linear-ReLU-Linear; mlp_hidden_bn: with a hidden BatchNorm;
+    # mlp_hidden_out_bn: with an output BatchNorm too (invprop.models.build_head).
+    head: Literal["linear", "mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn"] = "mlp_hidden_bn"
     dim: int = _f(128, ge=2, le=4096)
 
 
@@ -105,6 +121,14 @@ class AugmentConfig:
     grayscale_p: float = _f(0.2, ge=0, le=1)
     blur_p: float = _f(0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # Image folders: images whose shorter side is longer are first resized to it (aspect
+    # ratio kept, the whole image) before the random crop, for speed; null: crop from the
+    # full-resolution image, as the authors do.
+    shorter_side: int | None = _f(None, ge=8)
+    # Per-channel normalisation constants for the pretraining dataset (one value per
+    # data.channels); null: the prepared data's own mean and std.
+    mean: list[float] | None = None
+    std: list[float] | None = _f(None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -114,7 +138,10 @@ class PretrainConfig:
     lr: float = _f(0.03, gt=0)
     momentum: float = _f(0.9, ge=0, lt=1)
     weight_decay: float = _f(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # step: lr x lr_decay from each epoch in lr_milestones on (main.py without --cos).
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    lr_milestones: list[int] = _f([], ge=1)
+    lr_decay: float = _f(0.1, gt=0, le=1)
     warmup_epochs: int = _f(0, ge=0)
     temperature: float = _f(0.2, gt=0)
     bank_momentum: float = _f(0.5, ge=0, lt=1)
@@ -182,6 +209,13 @@ class LinearConfig:
     epochs: int = _f(100, ge=1)
     lr: float = _f(30.0, gt=0)
     batch_size: int = _f(256, ge=1)
+    # cosine (per step) or step: lr x lr_decay for every milestone epoch already past.
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: list[int] = _f([], ge=1)
+    lr_decay: float = _f(0.1, gt=0, le=1)
+    # A BatchNorm1d on the frozen features before the linear layer (the authors' ImageNet
+    # probe, models/LinearModelMulti.py).
+    batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,6 +406,15 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+def _check_renamed(key: str, value: Any) -> None:
+    new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+    if new is not None:
+        note = _RENAME_NOTES.get((key, value), "")
+        raise InvpropError(
+            f"params: {key} = {value!r} was renamed: use {new!r} (the same thing){note}"
+        )
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -391,6 +434,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     values = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        _check_renamed(key, value)
         coerced = _coerce(key, hints[name], value)
         _check_range(key, coerced, dict(fields[name].metadata))
         values[name] = coerced
@@ -430,6 +474,17 @@ def _validate(cfg: Config) -> None:
     }.items():
         need(0 < low <= high, f"{name} = [{low}, {high}] must satisfy 0 < low <= high")
     need(cfg.augment.crop_scale[1] <= 1, "augment.crop_scale upper bound must be <= 1")
+    a = cfg.augment
+    need(
+        (a.mean is None) == (a.std is None),
+        "augment.mean and augment.std must be set together (or both null for the data's own)",
+    )
+    for name, values in (("augment.mean", a.mean), ("augment.std", a.std)):
+        need(
+            values is None or len(values) == cfg.data.channels,
+            f"{name} has {len(values or [])} values for data.channels = {cfg.data.channels}; "
+            "give one per input channel",
+        )
     largest = max_positives(p.k, p.hops)
     need(
         p.n_pos <= largest,
@@ -454,6 +509,11 @@ def _validate(cfg: Config) -> None:
         "propagation loss would never switch on; lower ramp_epoch or set invp: false",
     )
     need(
+        all(m <= p.epochs for m in p.lr_milestones),
+        f"pretrain.lr_milestones = {p.lr_milestones} has epochs past pretrain.epochs = "
+        f"{p.epochs}; remove them or raise epochs",
+    )
+    need(
         p.warmup_epochs < p.epochs,
         f"pretrain.warmup_epochs = {p.warmup_epochs} must be < pretrain.epochs = {p.epochs}",
     )
@@ -470,6 +530,12 @@ def _validate(cfg: Config) -> None:
             "(add the epoch to pretrain.snapshot_epochs to embed a snapshot)",
         )
     need(len(set(cfg.embed.tags)) == len(cfg.embed.tags), "embed.tags has duplicates")
+    lin = cfg.evaluate.linear
+    need(
+        all(m <= lin.epochs for m in lin.milestones),
+        f"evaluate.linear.milestones = {lin.milestones} has epochs past evaluate.linear.epochs "
+        f"= {lin.epochs}; remove them or raise epochs",
+    )
 
 
 def _takes_strings(tp: Any) -> bool:

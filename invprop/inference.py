@@ -3,8 +3,9 @@
 `extract` is the one way to turn images into representations without augmentation: the
 embed stage, the evaluate stage's baselines, the training loop (forward-filled bank and kNN
 monitor), the linear probe and `invprop knn` all call it, so they all see the same
-preprocessing: `invprop.augment.center` at data.image_size with the prepared data's
-channel statistics (`normalisation`), after converting the images to the model's channel
+preprocessing: `invprop.augment.center` at data.image_size, normalised as in training
+(`input_normalisation`: augment.mean/std for the pretraining dataset when set, else the
+prepared data's channel statistics), after converting the images to the model's channel
 count. `embed_checkpoint` gives the arrays of an embeddings artifact (invprop.workspace
 writes them); rows follow the prepared split's order, which is also the memory bank's.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "embed_folder",
     "extract",
     "inference_autocast",
+    "input_normalisation",
     "load_folder_embeddings",
     "normalisation",
     "resolve_device",
@@ -85,6 +87,16 @@ def normalisation(meta: dict[str, Any], channels: int) -> tuple[list[float], lis
         f"prepared data has {len(mean)}-channel statistics; cannot feed a {channels}-channel "
         "model (only 1 <-> 3 conversions exist)"
     )
+
+
+def input_normalisation(meta: dict[str, Any], cfg: Config) -> tuple[list[float], list[float]]:
+    """The mean/std the network's inputs are normalised with: ``augment.mean``/``std`` when
+    set and `meta` is the pretraining dataset (the authors' fixed CIFAR constants, say), else
+    the prepared data's statistics carried over to ``data.channels`` (`normalisation`)."""
+    a = cfg.augment
+    if a.mean is not None and a.std is not None and meta["dataset"] == cfg.data.name:
+        return list(a.mean), list(a.std)
+    return normalisation(meta, cfg.data.channels)
 
 
 def _uint8_batches(
@@ -141,7 +153,7 @@ def extract(
     out_device = torch.device(out_device)
     batch_size = batch_size or cfg.embed.batch_size
     channels, size = cfg.data.channels, cfg.data.image_size
-    mean, std = normalisation(meta, channels)
+    mean, std = input_normalisation(meta, cfg)
     mean_t = torch.tensor(mean, device=device)
     std_t = torch.tensor(std, device=device)
     n = len(split)

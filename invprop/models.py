@@ -130,8 +130,20 @@ def _linear_head(in_dim: int, dim: int) -> nn.Module:
     return nn.Linear(in_dim, dim)
 
 
-def _mlp_head(in_dim: int, dim: int) -> nn.Module:
-    # the authors' CIFAR head is 512-512-128
+def _mlp_no_bn_head(in_dim: int, dim: int) -> nn.Module:
+    # The authors' non-linear head, `--nonlinearhead 1`: Linear-ReLU-Linear with a hidden
+    # width equal to the feature width and no BatchNorm; 512-512-128 on ResNet-18-CIFAR
+    # (models/resnet_cifar.py) and 2048-2048-128 on ResNet-50 (models/resnet.py),
+    # WangFeng18/InvariancePropagation@cad924e.
+    return nn.Sequential(
+        nn.Linear(in_dim, in_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(in_dim, dim),
+    )
+
+
+def _mlp_hidden_bn_head(in_dim: int, dim: int) -> nn.Module:
+    # The authors' head with a BatchNorm on the hidden layer (SimCLR's projection head).
     return nn.Sequential(
         nn.Linear(in_dim, in_dim),
         nn.BatchNorm1d(in_dim),
@@ -140,23 +152,25 @@ def _mlp_head(in_dim: int, dim: int) -> nn.Module:
     )
 
 
-def _mlp_bn_head(in_dim: int, dim: int) -> nn.Module:
-    # The MLP head with a BatchNorm on its output (as SimSiam and MoCo v3 do): embeddings are
-    # centred over the batch, so they spread out from the first step instead of starting
-    # almost collinear (mean cosine ~0.99 for a fresh small_cnn + mlp head).
-    return nn.Sequential(_mlp_head(in_dim, dim), nn.BatchNorm1d(dim, affine=False))
+def _mlp_hidden_out_bn_head(in_dim: int, dim: int) -> nn.Module:
+    # The hidden-BN head with a BatchNorm on its output too (as SimSiam and MoCo v3 do):
+    # embeddings are centred over the batch, so they spread out from the first step instead
+    # of starting almost collinear (mean cosine ~0.99 for a fresh small_cnn + MLP head).
+    return nn.Sequential(_mlp_hidden_bn_head(in_dim, dim), nn.BatchNorm1d(dim, affine=False))
 
 
 HEADS: dict[str, Callable[[int, int], nn.Module]] = {
     "linear": _linear_head,
-    "mlp": _mlp_head,
-    "mlp_bn": _mlp_bn_head,
+    "mlp_no_bn": _mlp_no_bn_head,
+    "mlp_hidden_bn": _mlp_hidden_bn_head,
+    "mlp_hidden_out_bn": _mlp_hidden_out_bn_head,
 }
 
 
 def build_head(kind: str, in_dim: int, dim: int) -> nn.Module:
-    """Projection head: ``linear`` (in_dim -> dim), ``mlp`` (in_dim-in_dim-dim, BN + ReLU, the
-    authors') or ``mlp_bn`` (the same with a BatchNorm on the output)."""
+    """Projection head ``in_dim -> dim``: ``linear``; ``mlp_no_bn``, the authors' Linear-ReLU-Linear
+    (hidden width ``in_dim``, no BatchNorm); ``mlp_hidden_bn``, the same with a BatchNorm
+    before the ReLU; ``mlp_hidden_out_bn``, that with a BatchNorm on the output as well."""
     if kind not in HEADS:
         raise _unknown("head", kind, HEADS)
     return HEADS[kind](in_dim, dim)

@@ -55,7 +55,7 @@ from invprop.distributed import (
     sync_batchnorm,
 )
 from invprop.errors import InvpropError
-from invprop.inference import extract, normalisation, resolve_device
+from invprop.inference import extract, input_normalisation, resolve_device
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
@@ -76,7 +76,12 @@ def log_row(live: Any, row: dict[str, float]) -> None:
 
 
 def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then cosine (or constant) decay; a pure function of the step."""
+    """Linear warm-up, then cosine, constant or step decay; a pure function of the step.
+
+    step: ``lr * lr_decay ** (number of milestones m with epoch >= m)``, epochs from 1, as
+    the authors' utils.py `adjust_learning_rate` without --cos (main.py's default
+    milestones 400, 600, 700).
+    """
     p = cfg.pretrain
     total = p.epochs * steps_per_epoch
     warmup = p.warmup_epochs * steps_per_epoch
@@ -84,6 +89,9 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
         return p.lr * (step + 1) / warmup
     if p.schedule == "constant":
         return p.lr
+    if p.schedule == "step":
+        epoch = step // steps_per_epoch + 1
+        return p.lr * p.lr_decay ** sum(epoch >= m for m in p.lr_milestones)
     return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
@@ -305,10 +313,12 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         encoder = sync_batchnorm(encoder, device)
     bank = MemoryBank(data.n, cfg.model.dim, p.k).to(device)
     optimizer = make_optimizer(cfg, encoder)
-    mean, std = normalisation(prepared.meta, cfg.data.channels)
+    mean, std = input_normalisation(prepared.meta, cfg)
     preprocessing = image_preprocessing(cfg, prepared.shape, mean, std)
     state = TrainState(encoder, bank, optimizer, history=[], preprocessing=preprocessing)
-    augment = BatchAugment(cfg.augment, cfg.data.image_size, mean, std).to(device)
+    augment = BatchAugment(
+        cfg.augment, cfg.data.image_size, mean, std, crop=not data.crops_in_workers
+    ).to(device)
 
     previous = resume_state(cfg, run)
     if previous is not None:

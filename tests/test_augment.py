@@ -10,6 +10,7 @@ import torchvision.transforms.functional as TF
 
 from invprop.augment import (
     DRAWS,
+    JITTER_OPS,
     BatchAugment,
     _uniform_table,
     blur_kernel_size,
@@ -241,6 +242,19 @@ def test_flip_matches_torch_flip():
     torch.testing.assert_close(half, torch.where(flips.view(-1, 1, 1, 1), flipped, plain))
 
 
+def test_precropped_batches_get_the_flip_and_the_rest_unchanged():
+    """crop=False (image folders crop in the loader): the same flips and colour ops as the
+    full augmentation whose crop is the identity."""
+    x, idx = images(12, 3, 24), torch.arange(12)
+    config = dataclasses.replace(EVERYTHING, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    full = aug(config, 24)(x, idx, 3, 2)
+    precropped = BatchAugment(config, 24, MEAN3, STD3, crop=False)(x, idx, 3, 2)
+    torch.testing.assert_close(precropped, full, atol=1e-5, rtol=0)
+    assert sample_params(3, 2, idx, config, 24, 24).flip.any()
+    with pytest.raises(ValueError, match="already cropped to 16x16"):
+        BatchAugment(config, 16, MEAN3, STD3, crop=False)(x, idx, 3, 2)
+
+
 COLOUR_OPS = {
     "brightness": TF.adjust_brightness,
     "contrast": TF.adjust_contrast,
@@ -271,18 +285,130 @@ def test_colour_jitter_op_matches_torchvision(op, channels):
     assert changed > 0 if channels == 3 or op in ("brightness", "contrast") else changed == 0
 
 
-def test_colour_jitter_order_is_brightness_contrast_saturation_hue():
-    config = dataclasses.replace(IDENTITY, jitter_p=1.0, brightness=0.5, hue=0.3)
-    config = dataclasses.replace(config, contrast=0.5, saturation=0.5)
-    x, idx = images(4, 3, 16), torch.arange(4)
+@pytest.mark.parametrize(
+    "strengths",
+    [
+        {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.3},
+        {"brightness": 0.5, "contrast": 0.0, "saturation": 0.0, "hue": 0.3},
+        {"brightness": 0.0, "contrast": 0.6, "saturation": 0.5, "hue": 0.0},
+    ],
+)
+def test_colour_jitter_applies_each_samples_own_order_like_torchvision(strengths):
+    """Each sample's ops with a non-zero strength, in its drawn order, as torchvision's
+    functional ops (torchvision skips an op whose strength is 0)."""
+    config = dataclasses.replace(IDENTITY, jitter_p=1.0, **strengths)
+    x, idx = images(24, 3, 16), torch.arange(24)
     out = aug(config, 16)(x, idx, 0, 1)
     p = sample_params(0, 1, idx, config, 16, 16)
-    for i in range(4):
-        ref = TF.adjust_brightness(x[i].float() / 255, float(p.brightness[i]))
-        ref = TF.adjust_contrast(ref, float(p.contrast[i]))
-        ref = TF.adjust_saturation(ref, float(p.saturation[i]))
-        ref = TF.adjust_hue(ref, float(p.hue[i]))
-        torch.testing.assert_close(out[i], norm(ref), atol=2e-5, rtol=0)
+    assert len({tuple(o.tolist()) for o in p.jitter_order}) > 8  # orders do differ
+    for i in range(24):
+        ref = x[i].float() / 255
+        for op_id in p.jitter_order[i].tolist():
+            name = JITTER_OPS[op_id]
+            if strengths[name]:
+                ref = COLOUR_OPS[name](ref, float(getattr(p, name)[i]))
+        torch.testing.assert_close(out[i], norm(ref), atol=3e-5, rtol=0)
+
+
+def test_colour_jitter_order_is_distributed_like_torchvision():
+    """ColorJitter.get_params draws torch.randperm(4): every order has probability 1/24.
+    Chi-square of our orders against torchvision's, as a two-sample test."""
+    from scipy.stats import chi2_contingency
+    from torchvision.transforms import ColorJitter
+
+    n = 24_000
+    ours = sample_params(7, 3, torch.arange(n), AugmentConfig(), 32, 32).jitter_order
+    codes = (ours * torch.tensor([64, 16, 4, 1])).sum(1)
+    torch.manual_seed(0)
+    jitter = ColorJitter(0.4, 0.4, 0.4, 0.4)
+    theirs = []
+    for _ in range(n):
+        order = jitter.get_params(*jitter_ranges(jitter))[0]
+        theirs.append(sum(int(v) * w for v, w in zip(order, (64, 16, 4, 1), strict=True)))
+    perms = sorted(set(codes.tolist()))
+    assert len(perms) == 24 and perms == sorted(set(theirs))
+    table = [[int((codes == c).sum()) for c in perms], [theirs.count(c) for c in perms]]
+    assert chi2_contingency(table).pvalue > 1e-3
+
+
+def jitter_ranges(jitter):
+    return jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue
+
+
+# torchvision's RandomResizedCrop sampler on images of several sizes and aspect ratios, some
+# (tall and wide strips) where the retries and the centre-crop fallback matter.
+CROP_IMAGE_SIZES = [(32, 32), (375, 500), (500, 333), (64, 400), (300, 40)]
+
+
+def _torchvision_boxes(height, width, scale, ratio, n):
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(1)
+    image = torch.empty(1, height, width)  # get_params reads only the size
+    return torch.tensor(
+        [RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)],
+        dtype=torch.float32,
+    )
+
+
+@pytest.mark.parametrize(("height", "width"), CROP_IMAGE_SIZES)
+@pytest.mark.parametrize("scale", [(0.2, 1.0), (0.08, 1.0)])
+def test_crop_boxes_are_distributed_like_torchvision(height, width, scale):
+    """Two-sample Kolmogorov-Smirnov tests (area fraction, aspect ratio, relative centre)
+    of our boxes against torchvision's RandomResizedCrop.get_params on the same image."""
+    from scipy.stats import ks_2samp
+
+    n, ratio = 4000, (3 / 4, 4 / 3)
+    config = AugmentConfig(crop_scale=scale, crop_ratio=ratio)
+    p = sample_params(11, 2, torch.arange(n), config, height, width)
+    ours = torch.stack([p.top, p.left, p.height, p.width], 1)
+    theirs = _torchvision_boxes(height, width, scale, ratio, n)
+    for boxes in (ours, theirs):  # inside the image, integer
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= height).all()
+        assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= width).all()
+        assert torch.equal(boxes, boxes.round())
+
+    def stats(b):
+        return {
+            "area": b[:, 2] * b[:, 3] / (height * width),
+            "aspect": b[:, 3] / b[:, 2],
+            "centre_y": (b[:, 0] + b[:, 2] / 2) / height,
+            "centre_x": (b[:, 1] + b[:, 3] / 2) / width,
+        }
+
+    a, b = stats(ours), stats(theirs)
+    for name in a:
+        result = ks_2samp(a[name].numpy(), b[name].numpy(), method="asymp")
+        assert result.pvalue > 1e-3, (name, result)
+
+
+def test_crop_boxes_fall_back_to_torchvisions_centre_crop():
+    """When no attempt fits (a strip far outside crop_ratio), the box is the centre crop
+    with the aspect ratio clamped, exactly as torchvision's fallback."""
+    from torchvision.transforms import RandomResizedCrop
+
+    config = AugmentConfig(crop_scale=(0.9, 1.0), crop_ratio=(3 / 4, 4 / 3))
+    for height, width in [(20, 300), (300, 20)]:
+        p = sample_params(0, 1, torch.arange(50), config, height, width)
+        torch.manual_seed(0)
+        want = RandomResizedCrop.get_params(
+            torch.empty(1, height, width), [0.9, 1.0], [3 / 4, 4 / 3]
+        )
+        for box in zip(p.top, p.left, p.height, p.width, strict=True):
+            assert [int(v) for v in box] == list(want)
+
+
+def test_crop_boxes_accept_per_sample_image_sizes():
+    """Image folders: each sample its own image size; the same boxes as drawn one by one."""
+    config = AugmentConfig()
+    idx = torch.arange(6)
+    heights = torch.tensor([32, 375, 500, 64, 300, 40])
+    widths = torch.tensor([32, 500, 333, 400, 40, 300])
+    batch = sample_params(3, 4, idx, config, heights, widths)
+    for i in range(6):
+        one = sample_params(3, 4, idx[i : i + 1], config, int(heights[i]), int(widths[i]))
+        for field in ("top", "left", "height", "width"):
+            assert torch.equal(getattr(batch, field)[i : i + 1], getattr(one, field))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -71,7 +71,7 @@ def test_show_json_describes_the_checkpoint(run_dir: Path) -> None:
     assert info["params_hash"] == training_hash(cfg)
     assert info["params_hash_matches_config"] is True
     assert (info["dataset"], info["image_size"], info["channels"]) == ("synthetic", 16, 1)
-    assert (info["backbone"], info["head"], info["dim"]) == ("small_cnn", "mlp", 16)
+    assert (info["backbone"], info["head"], info["dim"]) == ("small_cnn", "mlp_hidden_bn", 16)
     assert info["bank"] == {"vectors": [128, 16], "neighbours": [128, 4]}
     assert info["bank_unfilled_rows"] == 0
     assert info["size_bytes"] == path.stat().st_size

@@ -23,6 +23,7 @@ from invprop.config import (
     load_config,
     restore_types,
     save_params,
+    with_current_names,
 )
 from invprop.errors import InvpropError
 
@@ -41,6 +42,28 @@ def test_repo_params_and_presets_are_valid() -> None:
 
 def test_empty_params_give_defaults() -> None:
     assert config_from_dict({}) == Config()
+
+
+def test_renamed_head_errors_are_one_line_and_name_the_new_value() -> None:
+    for old, new in (("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")):
+        with pytest.raises(InvpropError) as error:
+            config_from_dict({"model": {"head": old}})
+        assert "\n" not in str(error.value) and f"use '{new}'" in str(error.value)
+        # a config recorded before the rename (a checkpoint's) reads under the new name
+        recorded = {"model": {"head": old, "dim": 16}, "seed": 3}
+        cfg = config_from_dict(with_current_names(recorded))
+        assert (cfg.model.head, cfg.model.dim, cfg.seed) == (new, 16, 3)
+        assert recorded["model"]["head"] == old  # not modified in place
+    assert with_current_names({"seed": 1}) == {"seed": 1}
+
+
+def test_explicit_normalisation_needs_one_value_per_channel() -> None:
+    cfg = config_from_dict({"augment": {"mean": [0.5], "std": [0.25]}})
+    assert (cfg.augment.mean, cfg.augment.std) == ([0.5], [0.25])
+    with pytest.raises(InvpropError, match=r"augment\.mean has 3 values for data\.channels = 1"):
+        config_from_dict({"augment": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    with pytest.raises(InvpropError, match=r"augment\.std = \[0\.0\] is out of range"):
+        config_from_dict({"augment": {"mean": [0.5], "std": [0.0]}})
 
 
 def test_exponent_floats_parse_as_numbers() -> None:
@@ -76,6 +99,11 @@ def test_override_sets_typed_value() -> None:
         ("transfer.targets=[fashion_mnist]", "transfer.targets contains the pretraining dataset"),
         ("pretrain.ramp_epoch=9", "pretrain.ramp_epoch = 9 >= pretrain.epochs"),
         ("novalue", "must look like key.sub=value"),
+        ("model.head=mlp", "model.head = 'mlp' was renamed: use 'mlp_hidden_bn'"),
+        ("model.head=mlp_bn", "model.head = 'mlp_bn' was renamed: use 'mlp_hidden_out_bn'"),
+        ("augment.mean=[0.5]", "augment.mean and augment.std must be set together"),
+        ("evaluate.linear.milestones=[40, 200]", "evaluate.linear.milestones = [40, 200] has"),
+        ("pretrain.lr_milestones=[2, 9]", "pretrain.lr_milestones = [2, 9] has epochs past"),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, message: str) -> None:
@@ -243,8 +271,10 @@ def test_a_checkpoint_written_before_a_rename_reads_under_the_new_names() -> Non
     stored["pretrain"]["knn_k"] = stored["pretrain"].pop("k") + 1
     stored["pretrain"]["propagation"] = "concat"
     del stored["pretrain"]["propagator"]
+    stored["model"]["head"] = "mlp_bn"  # a renamed value beside the renamed keys
     cfg = checkpoint_config({"config": stored})
     assert (cfg.pretrain.k, cfg.pretrain.propagator) == (Config().pretrain.k + 1, "concat")
+    assert cfg.model.head == "mlp_hidden_out_bn"
 
 
 def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:

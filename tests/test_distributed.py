@@ -89,7 +89,7 @@ def test_one_process_needs_no_process_group() -> None:
 
 
 def test_sync_batchnorm_keeps_parameter_names_and_values() -> None:
-    encoder = Encoder("small_cnn", 1, "mlp_bn", 8)
+    encoder = Encoder("small_cnn", 1, "mlp_hidden_out_bn", 8)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     synced = sync_batchnorm(encoder, torch.device("cpu"))
     assert any(isinstance(m, CpuSyncBatchNorm) for m in synced.modules())
@@ -121,7 +121,7 @@ def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # apart, docs/results.md), so six steps are what a 1e-5 bound can hold.
 PARAMS = {
     "data": {"name": "synthetic", "image_size": 16, "train_limit": 200, "test_limit": 40},
-    "model": {"dim": 16, "head": "mlp"},
+    "model": {"dim": 16, "head": "mlp_hidden_bn"},
     "pretrain": {
         "epochs": 1,
         "batch_size": 32,

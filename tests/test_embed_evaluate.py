@@ -30,7 +30,7 @@ from invprop.config import Config, config_diff, config_from_dict
 from invprop.data import Split, convert_channels, load_prepared
 from invprop.data.prepared import ImageFiles
 from invprop.errors import InvpropError
-from invprop.inference import extract, normalisation
+from invprop.inference import extract, input_normalisation, normalisation
 from invprop.stages import embed as embed_stage
 from invprop.stages import evaluate as evaluate_stage
 from invprop.stages import instance_discrimination as baseline
@@ -57,7 +57,7 @@ def make_config(**sections) -> Config:
             "train_limit": N_TRAIN,
             "test_limit": N_TEST,
         },
-        "model": {"backbone": "small_cnn", "head": "mlp", "dim": 16},
+        "model": {"backbone": "small_cnn", "head": "mlp_hidden_bn", "dim": 16},
         "pretrain": {"device": "cpu", "n_background": 64},
         "embed": {"batch_size": 50, "tags": ["final"]},
         "evaluate": {
@@ -110,6 +110,24 @@ def test_extract_is_center_then_embed_in_eval_mode(workdir):
     assert features.dtype == embeddings.dtype == torch.float32
     torch.testing.assert_close(features, want_f, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(embeddings, want_e, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_normalisation_constants_feed_the_network():
+    """augment.mean/std (the authors' fixed constants) replace the pretraining dataset's
+    own statistics in every view; other datasets (transfer targets) keep theirs."""
+    fixed = {"mean": [0.4], "std": [0.3]}
+    cfg = make_config(augment=fixed)
+    meta = {"dataset": "synthetic", "mean": [0.5], "std": [0.25]}
+    assert input_normalisation(meta, cfg) == ([0.4], [0.3])
+    assert input_normalisation({**meta, "dataset": "digits"}, cfg) == ([0.5], [0.25])
+    assert input_normalisation(meta, make_config()) == ([0.5], [0.25])
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 16, 16), dtype=np.uint8)
+    split = Split("test", images, np.zeros(6, dtype=np.int64))
+    encoder = build_encoder(cfg).eval()
+    _, embeddings = extract(encoder, split, meta, cfg, "cpu")
+    with torch.no_grad():
+        want = encoder.embed(center(torch.from_numpy(images), 16, [0.4], [0.3]))[1]
+    torch.testing.assert_close(embeddings, want, rtol=1e-4, atol=1e-5)
 
 
 def test_extract_streams_image_files_like_arrays(workdir, tmp_path):
@@ -386,8 +404,28 @@ def test_evaluate_sgd_augmented_protocol(workdir):
     assert "invp/linear/c" not in first
     assert 0 <= first["invp/linear/top1"] <= first["invp/linear/top5"] <= 1
     assert first["invp/linear/top1"] > 0.15  # it learned something (10 classes: chance 0.1)
+    # the authors' figure beside the honest one: the best test epoch, never below the last
+    best = "invp/linear/authors_best_on_test"
+    assert first[f"{best}/top1"] >= first["invp/linear/top1"]
+    assert 1 <= first[f"{best}/epoch"] <= 8 and 0 <= first[f"{best}/top5"] <= 1
     second = evaluate_stage.evaluate(cfg)
     assert second["invp/linear/top1"] == first["invp/linear/top1"]  # seeded
+    assert second[f"{best}/top1"] == first[f"{best}/top1"]
+
+
+def test_sgd_probe_step_schedule_and_batchnorm_run(workdir):
+    linear = {
+        "protocol": "sgd_augmented",
+        "epochs": 3,
+        "lr": 1.0,
+        "batch_size": 16,
+        "schedule": "step",
+        "milestones": [1, 2],
+        "batchnorm": True,
+    }
+    cfg = make_config(evaluate={"linear": linear, "baselines": {"pixels": False}})
+    metrics = evaluate_stage.evaluate(cfg)
+    assert 0 <= metrics["invp/linear/top1"] <= metrics["invp/linear/authors_best_on_test/top1"]
 
 
 # ---------------------------------------------------------------------------------------

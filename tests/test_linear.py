@@ -7,8 +7,10 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from invprop.config import config_from_dict
 from invprop.linear import (
     fit_logistic,
+    linear_eval_lr,
     linear_probe,
     standardise,
     topk_accuracy,
@@ -127,3 +129,49 @@ def test_mismatched_rows_raise():
     train_x, train_y = blobs(12, 10)
     with pytest.raises(ValueError, match="disagree"):
         probe(train_x, train_y[:-1], train_x, train_y, 4)
+
+
+def _eval_linear_lr(epoch, lr=30.0, milestones=(40, 60, 80), rate=0.2):
+    """eval_linear.py's adjust_learning_rate (CIFAR), written out: 1-based epochs, decayed
+    by `rate` once per milestone the epoch is strictly past."""
+    steps = int(np.sum(epoch > np.asarray(milestones)))
+    return lr * rate**steps if steps > 0 else lr
+
+
+def _multistep_lr(epoch, lr=1.0, milestones=(50, 80, 100), gamma=0.1):
+    """linear_classification.py (ImageNet): MultiStepLR stepped after each 0-based epoch."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma)
+    for _ in range(epoch - 1):  # epochs 0 .. epoch-2 done
+        optimizer.step()
+        scheduler.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_step_schedules_are_the_authors():
+    cifar = config_from_dict(
+        {"evaluate": {"linear": {"schedule": "step", "milestones": [40, 60, 80], "lr_decay": 0.2}}}
+    ).evaluate.linear
+    imagenet = config_from_dict(
+        {
+            "evaluate": {
+                "linear": {
+                    "schedule": "step",
+                    "lr": 1.0,
+                    "epochs": 120,
+                    "milestones": [50, 80, 100],
+                    "lr_decay": 0.1,
+                }
+            }
+        }
+    ).evaluate.linear
+    for epoch in range(1, 101):
+        assert linear_eval_lr(cifar, epoch, 0, 1) == pytest.approx(_eval_linear_lr(epoch))
+    for epoch in range(1, 121):
+        assert linear_eval_lr(imagenet, epoch, 0, 1) == pytest.approx(_multistep_lr(epoch))
+    assert [linear_eval_lr(cifar, e, 0, 1) for e in (40, 41, 61, 81)] == pytest.approx(
+        [30.0, 6.0, 1.2, 0.24]
+    )
+    cosine = config_from_dict({}).evaluate.linear
+    assert linear_eval_lr(cosine, 1, 0, 10) == 30.0
+    assert linear_eval_lr(cosine, 1, 5, 10) == pytest.approx(15.0)

@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
 
+from invprop.augment import CroppedImageFiles, sample_params
 from invprop.checkpoint import load_checkpoint
-from invprop.config import Config, config_from_dict
-from invprop.data import convert_channels, load_prepared
+from invprop.config import AugmentConfig, Config, config_from_dict
+from invprop.data import ImageFiles, Split, load_prepared
 from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_source
 from invprop.errors import InvpropError
 from invprop.stages.prepare import prepare
 from invprop.training import train
 from invprop.workspace import TrainingRun
 
-# image_size 28 loads at 32 x 32, the size the PNGs are written at: they decode exactly.
+# Train crops of 28 x 28 from 32 x 32 PNGs.
 IMAGE_SIZE, WRITTEN_SIZE = 28, 32
 BATCH_SIZE, SEED, EPOCH = 8, 3, 2
 
@@ -47,17 +50,29 @@ def folder(tmp_path: Path, writers) -> tuple[Path, dict[str, np.ndarray]]:
     return out, {f"train/{name}": pixels for name, pixels in written.items()}
 
 
-def expected_batch(
-    files: list[str], written: dict[str, np.ndarray], indices: torch.Tensor, channels: int
+def expected_crops(
+    files: list[str], written: dict[str, np.ndarray], indices: torch.Tensor, cfg: Config
 ) -> torch.Tensor:
-    """The batch decoded by hand: the written pixels of each index, in the model's channels."""
-    pixels = np.stack([written[files[i]] for i in indices.tolist()])
-    return convert_channels(torch.from_numpy(pixels), channels)
+    """The batch cropped by hand: each written image in the model's channels, cut by
+    torchvision's resized_crop (PIL path, bilinear) at the box drawn for its index."""
+    from PIL import Image
+
+    crops = []
+    for i in indices.tolist():
+        pixels = written[files[i]]
+        image = Image.fromarray(pixels.transpose(1, 2, 0))
+        image = image.convert("L" if cfg.data.channels == 1 else "RGB")
+        p = sample_params(SEED, EPOCH, torch.tensor([i]), cfg.augment, *pixels.shape[1:])
+        box = [int(v[0]) for v in (p.top, p.left, p.height, p.width)]
+        size = [cfg.data.image_size] * 2
+        crop = TF.resized_crop(image, *box, size, InterpolationMode.BILINEAR)
+        crops.append(TF.pil_to_tensor(crop))
+    return torch.stack(crops)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_folder_source_yields_the_files_in_epoch_order(
+def test_folder_source_yields_each_files_random_crop_in_epoch_order(
     folder, num_workers: int, channels: int
 ) -> None:
     out, written = folder
@@ -68,7 +83,7 @@ def test_folder_source_yields_the_files_in_epoch_order(
         pretrain={"num_workers": num_workers},
     )
     source = train_source(prepared, cfg, torch.device("cpu"))
-    assert isinstance(source, FolderImages) and source.n == 27
+    assert isinstance(source, FolderImages) and source.n == 27 and source.crops_in_workers
     assert source.labels.dtype == torch.int64
     assert source.labels.tolist() == [0] * 10 + [1] * 9 + [2] * 8
 
@@ -77,10 +92,51 @@ def test_folder_source_yields_the_files_in_epoch_order(
     assert len(got) == len(want) == 3
     for (images, indices), batch in zip(got, want, strict=True):
         assert torch.equal(indices, batch)
-        assert images.dtype == torch.uint8 and images.shape == (len(batch), channels, 32, 32)
-        assert torch.equal(
-            images, expected_batch(prepared.train.images.files, written, batch, channels)
-        )
+        assert images.dtype == torch.uint8
+        assert images.shape == (len(batch), channels, IMAGE_SIZE, IMAGE_SIZE)
+        reference = expected_crops(prepared.train.images.files, written, batch, cfg)
+        assert torch.equal(images, reference)
+
+
+def test_crops_come_from_the_whole_image_of_any_shape(tmp_path: Path) -> None:
+    """Boxes are drawn at each file's own size and reach every border of it: nothing is
+    cut away first (the old centre square of a 96 x 40 image lost 28 columns each side)."""
+    from PIL import Image
+
+    sizes = [(96, 40), (40, 96), (64, 64), (150, 100)]  # (width, height)
+    for i, (w, h) in enumerate(sizes):
+        pixels = np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    files = ImageFiles(tmp_path, [f"{i}.png" for i in range(len(sizes))], (3, 18, 18))
+    split = Split("train", files, np.zeros(len(sizes), dtype=np.int64))
+    config = AugmentConfig(crop_scale=(0.08, 1.0))
+    for i, (w, h) in enumerate(sizes):
+        boxes = []
+        for epoch in range(1, 301):
+            crops = CroppedImageFiles(split, 3, 16, config, seed=0, epoch=epoch)
+            p = sample_params(0, epoch, torch.tensor([i]), config, h, w)
+            boxes.append([int(v[0]) for v in (p.top, p.left, p.height, p.width)])
+            if epoch <= 3:  # the crop is torchvision's resized_crop of the whole image
+                whole = Image.open(tmp_path / f"{i}.png").convert("RGB")
+                ref = TF.resized_crop(whole, *boxes[-1], [16, 16], InterpolationMode.BILINEAR)
+                assert torch.equal(crops[i][0], TF.pil_to_tensor(ref))
+        top, left, box_h, box_w = torch.tensor(boxes).T
+        assert top.min() == 0 and (top + box_h).max() == h
+        assert left.min() == 0 and (left + box_w).max() == w
+
+
+def test_shorter_side_resize_keeps_the_aspect_ratio_and_the_whole_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.zeros((60, 120, 3), dtype=np.uint8)
+    pixels[:, :4] = 255  # a white stripe on the left border survives the resize
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    split = Split("train", ImageFiles(tmp_path, ["wide.png"], (3, 18, 18)), np.zeros(1, np.int64))
+    whole = CroppedImageFiles(split, 3, 16, AugmentConfig(), 0, 1, shorter_side=30)
+    image = whole.whole_image(0)
+    assert image.size == (60, 30)
+    assert np.asarray(image)[:, 0].min() > 200
+    assert CroppedImageFiles(split, 3, 16, AugmentConfig(), 0, 1).whole_image(0).size == (120, 60)
 
 
 def test_rank_shards_concatenate_to_the_global_batch(folder) -> None:

@@ -21,10 +21,10 @@ FEATURE_DIMS = {"small_cnn": 256, "resnet18_cifar": 512, "resnet50": 2048}
 
 def test_registry_lists_the_backbones():
     assert set(FEATURE_DIMS) <= set(BACKBONES)
-    assert set(HEADS) == {"linear", "mlp", "mlp_bn"}
+    assert set(HEADS) == {"linear", "mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn"}
 
 
-@pytest.mark.parametrize(("channels", "size", "head"), [(1, 28, "linear"), (3, 32, "mlp")])
+@pytest.mark.parametrize(("channels", "size", "head"), [(1, 28, "linear"), (3, 32, "mlp_no_bn")])
 @pytest.mark.parametrize("backbone", list(FEATURE_DIMS))
 def test_encoder_shapes_and_unit_norms(backbone, channels, size, head):
     torch.manual_seed(0)
@@ -73,19 +73,69 @@ def test_small_cnn_parameter_count():
     assert num_parameters(build_backbone("small_cnn", 3)) > n
 
 
-def test_heads():
-    assert isinstance(build_head("linear", 512, 128), nn.Linear)
-    mlp = build_head("mlp", 512, 128)
-    shapes = [tuple(m.weight.shape) for m in mlp if isinstance(m, nn.Linear)]
-    assert shapes == [(512, 512), (128, 512)]
-    assert any(isinstance(m, nn.BatchNorm1d) for m in mlp)
-    assert mlp(torch.randn(3, 512)).shape == (3, 128)
+def _plain_mlp(x, w1, b1, w2, b2, hidden_bn=False, out_bn=False, bn=None):
+    """The three MLP heads written out: x W1^T + b1 [-> BN] -> ReLU -> W2^T + b2 [-> BN]."""
+
+    def batch_norm(h, weight=None, bias=None):  # training mode: biased batch variance
+        h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5)
+        return h if weight is None else h * weight + bias
+
+    h = x @ w1.T + b1
+    if hidden_bn:
+        h = batch_norm(h, *bn)
+    out = torch.relu(h) @ w2.T + b2
+    return batch_norm(out) if out_bn else out
+
+
+@pytest.mark.parametrize(
+    ("kind", "layers"),
+    [
+        ("mlp_no_bn", [nn.Linear, nn.ReLU, nn.Linear]),
+        ("mlp_hidden_bn", [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]),
+        ("mlp_hidden_out_bn", [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]),
+    ],
+)
+@pytest.mark.parametrize(("in_dim", "dim"), [(512, 128), (2048, 128), (64, 16)])
+def test_mlp_heads_match_a_plain_reference(kind, layers, in_dim, dim):
+    """Layer structure (the authors' 512-512-128 and 2048-2048-128 for --nonlinearhead 1,
+    with or without BatchNorms) and a forward on seeded weights against plain tensor maths."""
+    torch.manual_seed(0)
+    head = build_head(kind, in_dim, dim)
+    flat = [m for m in head.modules() if not isinstance(m, nn.Sequential)]
+    assert [type(m) for m in flat] == layers
+    linears = [m for m in flat if isinstance(m, nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(in_dim, in_dim), (dim, in_dim)]
+    bns = [m for m in flat if isinstance(m, nn.BatchNorm1d)]
+    for bn in bns:  # non-trivial affine parameters, so the reference must apply them
+        if bn.affine:
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.5, 0.5)
+    x = torch.randn(32, in_dim)
+    (w1, b1), (w2, b2) = ((m.weight, m.bias) for m in linears)
+    hidden = (bns[0].weight, bns[0].bias) if kind != "mlp_no_bn" else None
+    expected = _plain_mlp(
+        x,
+        w1,
+        b1,
+        w2,
+        b2,
+        hidden_bn=kind != "mlp_no_bn",
+        out_bn=kind == "mlp_hidden_out_bn",
+        bn=hidden,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), expected.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_head():
+    head = build_head("linear", 512, 128)
+    assert isinstance(head, nn.Linear) and tuple(head.weight.shape) == (128, 512)
 
 
 def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown backbone 'vgg'.*resnet18_cifar.*small_cnn"):
-        Encoder("vgg", 3, "mlp", 128)
-    with pytest.raises(ValueError, match=r"unknown head 'deep'.*linear, mlp, mlp_bn"):
+        Encoder("vgg", 3, "mlp_no_bn", 128)
+    with pytest.raises(ValueError, match=r"unknown head 'deep'.*linear, mlp_hidden_bn"):
         Encoder("small_cnn", 3, "deep", 128)
     with pytest.raises(ValueError, match=r"unknown head 'deep'"):
         build_head("deep", 8, 4)
@@ -112,7 +162,7 @@ def test_register_backbone_decorator():
 )
 def test_backward_reaches_every_parameter(backbone, channels, size):
     torch.manual_seed(0)
-    encoder = Encoder(backbone, channels, "mlp", 8)
+    encoder = Encoder(backbone, channels, "mlp_hidden_bn", 8)
     z = encoder(torch.randn(4, channels, size, size))
     (z @ torch.randn(8, 1)).sum().backward()
     missing = [n for n, p in encoder.named_parameters() if p.grad is None or not p.grad.any()]
@@ -126,10 +176,10 @@ def test_num_parameters_counts_trainable():
     assert num_parameters(net, trainable_only=True) == 50
 
 
-def test_mlp_bn_head_centres_embeddings_over_the_batch() -> None:
+def test_output_bn_head_centres_embeddings_over_the_batch() -> None:
     torch.manual_seed(0)
     features = torch.rand(256, 64) + 1.0  # all-positive, like pooled ReLU features
-    plain, centred = build_head("mlp", 64, 16), build_head("mlp_bn", 64, 16)
+    plain, centred = build_head("mlp_hidden_bn", 64, 16), build_head("mlp_hidden_out_bn", 64, 16)
     out = centred(features)
     torch.testing.assert_close(out.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
 
@@ -139,3 +189,25 @@ def test_mlp_bn_head_centres_embeddings_over_the_batch() -> None:
         ).mean()
 
     assert cosine(out) < 0.1 < cosine(plain(features))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("mlp", "mlp_hidden_bn"), ("mlp_bn", "mlp_hidden_out_bn")]
+)
+def test_checkpoints_written_under_the_old_head_names_still_load(old: str, new: str) -> None:
+    """A checkpoint records its head by the name it had; the weights are the same layers."""
+    from invprop.checkpoint import build_encoder, encoder_from_checkpoint
+    from invprop.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"head": new, "dim": 8}})
+    trained = build_encoder(cfg)
+    recorded = cfg.to_dict()
+    recorded["model"]["head"] = old
+    encoder, loaded_cfg, _ = encoder_from_checkpoint(
+        {"config": recorded, "model": trained.state_dict()}
+    )
+    assert loaded_cfg.model.head == new
+    for (name, value), (_, want) in zip(
+        encoder.state_dict().items(), trained.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, want), name

@@ -113,6 +113,28 @@ def test_learning_rate_warms_up_then_follows_cosine() -> None:
     assert learning_rate(cfg, 49, steps) == pytest.approx(0.5 * (1 + math.cos(39 / 40 * math.pi)))
 
 
+def test_step_learning_rate_is_the_authors_adjust_learning_rate() -> None:
+    """utils.py's adjust_learning_rate without --cos, written out: lr x rate for every
+    milestone the 1-based epoch has reached."""
+
+    def theirs(epoch: int, lr: float = 0.03, steps: str = "400,600,700") -> float:
+        for milestone in map(int, steps.split(",")):
+            lr *= 0.1 if epoch >= milestone else 1.0
+        return lr
+
+    cfg = tiny_config(
+        "pretrain.epochs=800",
+        "pretrain.lr=0.03",
+        "pretrain.schedule=step",
+        "pretrain.lr_milestones=[400, 600, 700]",
+    )
+    steps = 3
+    for epoch in (1, 399, 400, 401, 599, 600, 700, 799):
+        for step_in_epoch in range(steps):
+            got = learning_rate(cfg, (epoch - 1) * steps + step_in_epoch, steps)
+            assert got == pytest.approx(theirs(epoch)), epoch
+
+
 def test_training_writes_checkpoints_and_curves(workdir: Path) -> None:
     summary = train(tiny_config())
     final = load_checkpoint("models/pretrain/final.pt")

@@ -43,7 +43,7 @@ def make_config(**sections) -> Config:
             "train_limit": N_TRAIN,
             "test_limit": N_TEST,
         },
-        "model": {"backbone": "small_cnn", "head": "mlp", "dim": 16},
+        "model": {"backbone": "small_cnn", "head": "mlp_hidden_bn", "dim": 16},
         "pretrain": {"device": "cpu", "n_background": 64, "threads": 1},
         "embed": {"batch_size": 256},
         "evaluate": {"linear": {"c_grid": [0.1, 1.0], "max_iter": 25, "val_fraction": 0.2}},

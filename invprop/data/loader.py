@@ -7,9 +7,9 @@ for this rank, (uint8 images [b, C, H, W] on the training device, their global i
 on the same device); augmentation happens later, batched on that device.
 
 Two sources: `TrainImages` holds an array dataset on the device; `FolderImages` decodes an
-image folder ("files" format, e.g. ImageNet) batch by batch in DataLoader workers. Both
-yield the same batches in the same order, so a run does not depend on which one reads the
-data or on the number of workers.
+image folder ("files" format, e.g. ImageNet) batch by batch in DataLoader workers and takes
+each image's random crop there, from the whole image. Batches and crops are functions of
+(seed, epoch, index), so a run does not depend on the number of workers or ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from invprop.data.tensors import as_tensor, convert_channels, decode_batches
+from invprop.augment import CroppedImageFiles
+from invprop.data.tensors import as_tensor, convert_channels, load_batches
 
 if TYPE_CHECKING:
     from invprop.config import Config
@@ -61,6 +62,8 @@ class TrainSource(Protocol):
 
     n: int
     labels: torch.Tensor
+    # True: batches come already cropped to image_size (BatchAugment(..., crop=False)).
+    crops_in_workers: bool
 
     def batches(
         self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
@@ -70,6 +73,8 @@ class TrainSource(Protocol):
 class TrainImages:
     """An array dataset's train split, held on the training device as uint8 in the model's
     channel count (Fashion-MNIST: 47 MB; CIFAR: 150 MB)."""
+
+    crops_in_workers = False
 
     def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
         self.images = convert_channels(as_tensor(prepared.train), cfg.data.channels).to(device)
@@ -85,28 +90,40 @@ class TrainImages:
 
 
 class FolderImages:
-    """An image folder's train split ("files" format), decoded batch by batch on the CPU in
-    cfg.pretrain.num_workers DataLoader workers (0: in this process), converted to the
-    model's channel count, then copied to the training device (pinned and non-blocking on
-    CUDA). Images arrive at the prepared size S = image_size * 8/7; the random crop down
-    to image_size is the augmentation's, on the device."""
+    """An image folder's train split ("files" format), read batch by batch on the CPU in
+    cfg.pretrain.num_workers DataLoader workers (0: in this process): each image decoded
+    whole (at most augment.shorter_side on its short side when set), its random resized crop
+    to image_size taken there (`CroppedImageFiles`: the box is the augmentation's, drawn for
+    this image's own size), then the batch copied to the training device (pinned and
+    non-blocking on CUDA), where `BatchAugment(..., crop=False)` does the rest."""
+
+    crops_in_workers = True
 
     def __init__(self, prepared: PreparedDataset, cfg: Config, device: torch.device) -> None:
         self.split = prepared.train
         self.labels = torch.as_tensor(prepared.train.labels, dtype=torch.int64)
         self.n = len(self.split)
-        self.channels = cfg.data.channels
-        self.num_workers = cfg.pretrain.num_workers
+        self.cfg = cfg
         self.device = device
 
     def batches(
         self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.cfg
+        crops = CroppedImageFiles(
+            self.split,
+            cfg.data.channels,
+            cfg.data.image_size,
+            cfg.augment,
+            seed,
+            epoch,
+            cfg.augment.shorter_side,
+        )
         shards = [
             rank_shard(batch, rank, world_size)
             for batch in epoch_batches(self.n, batch_size, seed, epoch)
         ]
-        yield from decode_batches(self.split, self.channels, shards, self.device, self.num_workers)
+        yield from load_batches(crops, shards, self.device, cfg.pretrain.num_workers)
 
 
 def train_source(prepared: PreparedDataset, cfg: Config, device: torch.device) -> TrainSource:

@@ -7,9 +7,10 @@ Layout (META_VERSION 1)::
     train_labels.npy  test_labels.npy    format "arrays": int64 (N,), -1 = unlabeled
     train_index.json  test_index.json    format "files": {"root", "files", "labels"}
 
-For "files", images are decoded one at a time, on access, to meta's shape: the shorter side
-resized to S and the centre S x S cropped (S = data.image_size * 8 / 7, the usual 256-for-224
-margin random crops need), converted to meta's channel count.
+For "files", images are decoded one at a time, on access. Evaluation views (`ImageFiles`)
+come at meta's shape: the shorter side resized to S and the centre S x S cropped
+(S = data.image_size * 8 / 7, the usual 256 for 224), in meta's channel count. Training
+crops are taken from the whole decoded image instead (`invprop.augment.CroppedImageFiles`).
 
 This module needs numpy and Pillow only; torch helpers are in `invprop.data.tensors`.
 """
@@ -38,24 +39,42 @@ def load_size(image_size: int) -> int:
     return 2 * round(image_size * 8 / 7 / 2)
 
 
+def open_image(path: Path, channels: int, draft: tuple[int, int] | None = None) -> Any:
+    """Decode one image file to a PIL image in "L" (channels 1) or "RGB" (channels 3).
+
+    `draft` (width, height): let a JPEG decoder skip detail the caller does not need; the
+    result keeps its aspect ratio and stays at least that large (PIL's ``draft``). Raises
+    InvpropError naming the file when it cannot be decoded.
+    """
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as image:
+            if draft is not None:
+                image.draft(mode, draft)  # JPEG: decode smaller
+            return image.convert(mode)  # loads the pixels: errors surface here
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise InvpropError(
+            f"{path}: cannot decode image ({type(exc).__name__}: {exc}); replace or delete "
+            f"the file, then {RERUN}"
+        ) from exc
+
+
+def to_chw(image: Any) -> np.ndarray:
+    """A PIL "L" or "RGB" image as a uint8 (C, H, W) array."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy takes it
+    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
 def decode_image(path: Path, shape: Sequence[int]) -> np.ndarray:
     """Decode one image file to uint8 (C, H, W): fill-resize and centre-crop to (H, W).
 
     Raises InvpropError naming the file when it cannot be decoded.
     """
     channels, height, width = (int(v) for v in shape)
-    try:
-        with Image.open(path) as image:
-            image.draft("L" if channels == 1 else "RGB", (width, height))  # JPEG: decode smaller
-            image = image.convert("L" if channels == 1 else "RGB")
-            image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
-        raise InvpropError(
-            f"{path}: cannot decode image ({type(exc).__name__}: {exc}); replace or delete "
-            f"the file, then {RERUN}"
-        ) from exc
-    return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
+    image = open_image(path, channels, (width, height))
+    return to_chw(ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR))
 
 
 class ImageFiles(Sequence[np.ndarray]):

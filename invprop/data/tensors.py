@@ -79,18 +79,29 @@ def decode_batches(
     device: torch.device,
     num_workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Decode the images of each batch of split indices, in the order given.
+    """Decode the images of each batch of split indices, in the order given: `load_batches`
+    of an `ImageFileDataset` (uint8 images with `channels`, at the split's shape)."""
+    yield from load_batches(ImageFileDataset(split, channels), index_batches, device, num_workers)
 
-    Yields (uint8 images [b, C, H, W] with `channels`, their indices [b] int64), both on
-    `device`. Decoding runs on the CPU in `num_workers` DataLoader workers (0: in this
-    process); batches come back in order whatever the worker count. On CUDA they are
-    pinned and copied without blocking the host, so the copies overlap the GPU's work.
-    A file that cannot be decoded raises InvpropError naming it, in one line, as it would
-    without workers.
+
+def load_batches(
+    dataset: Dataset,
+    index_batches: Sequence[torch.Tensor | np.ndarray],
+    device: torch.device,
+    num_workers: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The items of each batch of indices of `dataset` (items: (uint8 image, index)), in the
+    order given.
+
+    Yields (uint8 images [b, C, H, W], their indices [b] int64), both on `device`. Items are
+    made on the CPU in `num_workers` DataLoader workers (0: in this process); batches come
+    back in order whatever the worker count. On CUDA they are pinned and copied without
+    blocking the host, so the copies overlap the GPU's work. A file that cannot be decoded
+    raises InvpropError naming it, in one line, as it would without workers.
     """
     pin = device.type == "cuda"
     loader = DataLoader(
-        ImageFileDataset(split, channels),
+        dataset,
         batch_sampler=[batch.tolist() for batch in index_batches],
         num_workers=num_workers,
         pin_memory=pin,

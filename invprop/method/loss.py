@@ -263,9 +263,10 @@ def invp_loss(
 def ramp_weight(epoch: int, ramp_epoch: int, lambda_inv: float) -> float:
     """Binary ramp-up: 0 while epoch <= ramp_epoch (epochs count from 1), lambda_inv after.
 
-    The authors' loop passes a 0-based epoch to ``BinaryRampUp(i_epoch, 30)`` (main.py,
-    commit 80b2da4a81a61193349ee6f773549c35d5e74555), i.e. their term starts at 1-based epoch
-    32; docs/method.md fixes the 1-based rule used here (starts at epoch ramp_epoch + 1).
+    As the authors' code: main.py at WangFeng18/InvariancePropagation@cad924e counts epochs
+    from 1 (``range(start_epoch, max_epoch)``, ``start_epoch = 1``) and weights the term by
+    ``BinaryRampUp(i_epoch, 30) = int(i_epoch > 30)``, so it starts at epoch 31, i.e.
+    ramp_epoch + 1 here (docs/method.md's rule).
     """
     if epoch < 1:
         raise ValueError(f"epochs count from 1, got {epoch}")

@@ -71,7 +71,7 @@ from invprop.inference import (
     check_compatible,
     extract,
     inference_autocast,
-    normalisation,
+    input_normalisation,
     resolve_device,
 )
 from invprop.linear import (
@@ -236,9 +236,19 @@ def finetune(
         weight_decay=ft.weight_decay,
         fused=device.type == "cuda",
     )
-    mean, std = normalisation(meta, cfg.data.channels)
-    augment = BatchAugment(FINETUNE_AUGMENT, cfg.data.image_size, mean, std).to(device)
-    source = ImageSource(train, cfg.data.channels, device, cfg.pretrain.num_workers)
+    mean, std = input_normalisation(meta, cfg)
+    source = ImageSource(
+        train,
+        cfg.data.channels,
+        device,
+        cfg.pretrain.num_workers,
+        FINETUNE_AUGMENT,
+        cfg.data.image_size,
+        cfg.augment.shorter_side,
+    )
+    augment = BatchAugment(
+        FINETUNE_AUGMENT, cfg.data.image_size, mean, std, crop=not source.crops_in_workers
+    ).to(device)
 
     _, total = finetune_steps(rows.size, ft.epochs, ft.batch_size)
     encoder.train()
@@ -249,7 +259,9 @@ def finetune(
             passes += 1
             order = epoch_batches(rows.size, ft.batch_size, cfg.seed, passes)[: total - step]
             loss_sum.zero_()
-            for images, index in source.batches([rows[batch.numpy()] for batch in order]):
+            for images, index in source.batches(
+                [rows[batch.numpy()] for batch in order], cfg.seed, passes
+            ):
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(ft.lr, step, total)
                 x = augment(images, index, cfg.seed, passes)
