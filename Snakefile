@@ -215,7 +215,14 @@ rule embed:
     wildcard_constraints:
         tag=one_of(TAGS),
     params:
-        tracked=tracked("data.image_size", "data.channels", "embed.batch_size", "pretrain.precision"),
+        tracked=tracked(
+            "data.image_size",
+            "data.channels",
+            "augment.mean",
+            "augment.std",
+            "embed.batch_size",
+            "pretrain.precision",
+        ),
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
@@ -305,7 +312,7 @@ rule evaluate:
     output:
         "reports/evaluate.json",
     params:
-        tracked=tracked("seed", "data.seed", "evaluate"),
+        tracked=tracked("seed", "data.seed", "augment.mean", "augment.std", "evaluate"),
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
@@ -342,6 +349,8 @@ rule transfer:
             "data.seed",
             "data.image_size",
             "data.channels",
+            "augment.mean",
+            "augment.std",
             "transfer",
             "evaluate.linear",
             "evaluate.baselines.random_init",
