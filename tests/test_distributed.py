@@ -118,7 +118,12 @@ def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # 200 images in batches of 32: six global batches of 34/34/33/33/33/33 images, so the two
 # ranks' shares differ by one in four of the steps. One epoch: on tiny data this training
 # is chaotic at float-noise level (one process with 1 or 2 threads ends 2 epochs 2e-4
-# apart, docs/results.md), so six steps are what a 1e-5 bound can hold.
+# apart, docs/results.md). How far six steps carry the noise depends on the CPU's kernels:
+# 1.8e-6 in weights on the 2026-11-26 machine, 4.7e-5 to 7.2e-5 on the 2026-11-29 one. So
+# weights and bank are held to 1e-3; a real defect is far outside it (BatchNorm left
+# unsynced: 0.47 in the first convolution, 0.18 in the bank, 1.5% of table rows equal),
+# and each epoch's loss is still held to 1e-5.
+WEIGHTS_BOUND = 1e-3
 PARAMS = {
     "data": {"name": "synthetic", "image_size": 16, "train_limit": 200, "test_limit": 40},
     "model": {"dim": 16, "head": "mlp_hidden_bn"},
@@ -192,11 +197,11 @@ def test_two_ranks_train_like_one_process(
     b = load_checkpoint(run_pretrain(folder, launcher, processes=processes))
     assert a["params_hash"] == b["params_hash"]  # the process count is bookkeeping
     assert a["model"].keys() == b["model"].keys()
-    assert relative_error(weights(b), weights(a)) <= 1e-5
+    assert relative_error(weights(b), weights(a)) <= WEIGHTS_BOUND
     for name, tensor in a["model"].items():
         if not tensor.is_floating_point():  # BatchNorm's step counters
             assert torch.equal(b["model"][name], tensor), name
-    assert relative_error(b["bank"]["vectors"], a["bank"]["vectors"]) <= 1e-5
+    assert relative_error(b["bank"]["vectors"], a["bank"]["vectors"]) <= WEIGHTS_BOUND
     same_rows = (b["bank"]["neighbours"] == a["bank"]["neighbours"]).all(dim=1)
     assert same_rows.float().mean() >= 0.99  # near-ties may swap under float reordering
     for x, y in zip(a["history"], b["history"], strict=True):
