@@ -414,13 +414,14 @@ def test_snakemake_jobs_compute_with_the_overrides_it_records(
     the override the rule is due again."""
     workspace = copy_workspace(pipeline_copy, tmp_path_factory, "snakemake_override")
     override = ["--config", "pretrain={epochs: 1, lr: 0.05}"]
-    run(["snakemake", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    # --config takes every word after it, so the target comes first.
+    run(["snakemake", "--cores", "1", "reports/pretrain.json", *override], workspace)
     assert json.loads((workspace / "reports/pretrain.json").read_text())["epochs"] == 1
     resolved = yaml.safe_load((workspace / ".snakemake/invprop/params.yaml").read_text())
     assert (resolved["pretrain"]["epochs"], resolved["pretrain"]["lr"]) == (1, 0.05)
-    assert "invprop pretrain: done" in (workspace / "logs/pretrain.log").read_text()
+    assert "[pretrain] done in" in (workspace / "logs/pretrain.log").read_text()
 
-    again = run(["snakemake", "-n", "--cores", "1", *override, "reports/pretrain.json"], workspace)
+    again = run(["snakemake", "-n", "--cores", "1", "reports/pretrain.json", *override], workspace)
     assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
     plain = run(["snakemake", "-n", "--cores", "1", "reports/pretrain.json"], workspace)
     assert "pretrain" in planned_rules(plain.stdout), plain.stdout[-3000:]
@@ -473,9 +474,12 @@ def test_seed_study_pairs_invp_with_its_baseline_by_seed(seed_study: Path) -> No
     shown = json.loads(run(["dvc", "exp", "show", "--json"], seed_study).stdout)
     runs = {run.seed: run for run in runs_from_show(shown, "reports/evaluate.json")[0]}
     rows = {(row["figure"], row["variant"]): row for row in table["rows"]}
+    # Every representation evaluate scores is a variant: raw pixels have a linear probe.
     assert set(rows) == {
         (key, variant) for key in STUDY_FIGURES for variant in ("invp", "instance_discrimination")
-    }
+    } | {("linear/top1", "pixels")}
+    # Pixels train nothing, and data.seed fixes their splits: equal under every seed.
+    assert rows["linear/top1", "pixels"]["std"] == 0
     for key in STUDY_FIGURES:
         invp = [runs[s].metrics[f"invp/{key}"] for s in STUDY_SEEDS]
         base = [runs[s].metrics[f"instance_discrimination/{key}"] for s in STUDY_SEEDS]
