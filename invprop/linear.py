@@ -322,6 +322,31 @@ class ImageSource:
         yield from load_batches(crops, batches, self.device, self.num_workers)
 
 
+def augmented_training_source(
+    split: Any,
+    meta: dict[str, Any],
+    cfg: Config,
+    device: torch.device,
+    augment_config: AugmentConfig,
+) -> tuple[ImageSource, BatchAugment]:
+    """The train batches of `split` on `device` and the BatchAugment that finishes them:
+    the crop runs in the DataLoader workers for image files and in BatchAugment otherwise,
+    so the two must be built together (the linear probe and fine-tuning both train so)."""
+    mean, std = input_normalisation(meta, cfg)
+    size = cfg.data.image_size
+    source = ImageSource(
+        split,
+        cfg.data.channels,
+        device,
+        cfg.pretrain.num_workers,
+        augment_config,
+        size,
+        cfg.augment.shorter_side,
+    )
+    augment = BatchAugment(augment_config, size, mean, std, crop=not source.crops_in_workers)
+    return source, augment.to(device)
+
+
 def sgd_augmented_probe(
     encoder: Encoder,
     prepared: Any,
@@ -355,20 +380,9 @@ def sgd_augmented_probe(
     if rows.size == 0:
         raise ValueError("the train split has no labelled images to train a linear layer on")
     labels_dev = labels_all.to(dev)
-    mean, std = input_normalisation(prepared.meta, cfg)
-    augment_config = _linear_eval_augment(prepared.shape[1])
-    source = ImageSource(
-        prepared.train,
-        cfg.data.channels,
-        dev,
-        cfg.pretrain.num_workers,
-        augment_config,
-        cfg.data.image_size,
-        cfg.augment.shorter_side,
+    source, augment = augmented_training_source(
+        prepared.train, prepared.meta, cfg, dev, _linear_eval_augment(prepared.shape[1])
     )
-    augment = BatchAugment(
-        augment_config, cfg.data.image_size, mean, std, crop=not source.crops_in_workers
-    ).to(dev)
     # The encoder is frozen, so the clean test features are computed once.
     test_features, _ = extract(encoder, prepared.test, prepared.meta, cfg, dev, out_device=dev)
     test_labels = torch.from_numpy(np.array(prepared.test.labels, dtype=np.int64)).to(dev)

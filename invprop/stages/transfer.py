@@ -57,7 +57,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from invprop.augment import BatchAugment
 from invprop.checkpoint import (
     build_encoder,
     checkpoint_config,
@@ -71,11 +70,10 @@ from invprop.inference import (
     check_compatible,
     extract,
     inference_autocast,
-    input_normalisation,
     resolve_device,
 )
 from invprop.linear import (
-    ImageSource,
+    augmented_training_source,
     lbfgs_probe,
     linear_metrics,
     sgd_augmented_probe,
@@ -236,19 +234,7 @@ def finetune(
         weight_decay=ft.weight_decay,
         fused=device.type == "cuda",
     )
-    mean, std = input_normalisation(meta, cfg)
-    source = ImageSource(
-        train,
-        cfg.data.channels,
-        device,
-        cfg.pretrain.num_workers,
-        FINETUNE_AUGMENT,
-        cfg.data.image_size,
-        cfg.augment.shorter_side,
-    )
-    augment = BatchAugment(
-        FINETUNE_AUGMENT, cfg.data.image_size, mean, std, crop=not source.crops_in_workers
-    ).to(device)
+    source, augment = augmented_training_source(train, meta, cfg, device, FINETUNE_AUGMENT)
 
     _, total = finetune_steps(rows.size, ft.epochs, ft.batch_size)
     encoder.train()
