@@ -133,7 +133,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    epochs: int = _f(4, ge=1)
+    epochs: int = _f(2, ge=1)
     batch_size: int = _f(128, ge=2)
     lr: float = _f(0.03, gt=0)
     momentum: float = _f(0.9, ge=0, lt=1)
@@ -165,7 +165,7 @@ class PretrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
-    snapshot_epochs: list[int] = _f([2], ge=1)
+    snapshot_epochs: list[int] = _f([], ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = _f(None, ge=1)
     num_workers: int = _f(0, ge=0)
@@ -177,7 +177,7 @@ class PretrainConfig:
 class EmbedConfig:
     batch_size: int = _f(512, ge=1)
     # "final" and/or "epoch_NNNN" for snapshots listed in pretrain.snapshot_epochs.
-    tags: list[str] = _f(["final", "epoch_0002"])
+    tags: list[str] = _f(["final"])
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,8 @@ class LinearConfig:
 @dataclass(frozen=True)
 class BaselinesConfig:
     pixels: bool = True
-    random_init: bool = True
-    instance_discrimination: bool = False
+    random_init: bool = False
+    instance_discrimination: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from invprop.cli import app
+from invprop.config import Config
 
 runner = CliRunner()
 
@@ -58,7 +59,9 @@ def test_params_diff_and_apply(tmp_path: Path) -> None:
     }
     result = invoke("params", "apply", str(second), "--params", str(params), "--fresh")
     assert result.exit_code == 0, result.output
-    assert "pretrain.epochs: 9 -> 4" in result.output and "kept" not in result.output
+    default_epochs = Config().pretrain.epochs
+    assert f"pretrain.epochs: 9 -> {default_epochs}" in result.output
+    assert "kept" not in result.output
 
 
 @pytest.mark.parametrize(

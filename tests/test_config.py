@@ -218,19 +218,19 @@ def test_stacked_presets_report_kept_values_and_fresh_resets_them(tmp_path: Path
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     first = tmp_path / "first.yaml"
-    first.write_text("pretrain:\n  warmup_epochs: 2\n  lr: 0.1\n")
+    first.write_text("pretrain:\n  warmup_epochs: 1\n  lr: 0.1\n")
     second = tmp_path / "second.yaml"
     second.write_text("pretrain:\n  lr: 0.5\n")
     apply_preset(params, first)
     stacked = apply_preset(params, second)
     assert stacked.changed == {"pretrain.lr": (0.1, 0.5)}
-    assert stacked.kept == {"pretrain.warmup_epochs": (0, 2)}
-    assert load_config(params).pretrain.warmup_epochs == 2
+    assert stacked.kept == {"pretrain.warmup_epochs": (0, 1)}
+    assert load_config(params).pretrain.warmup_epochs == 1
 
     apply_preset(params, first)
     fresh = apply_preset(params, second, fresh=True)
     assert fresh.kept == {}
-    assert fresh.changed == {"pretrain.lr": (0.1, 0.5), "pretrain.warmup_epochs": (2, 0)}
+    assert fresh.changed == {"pretrain.lr": (0.1, 0.5), "pretrain.warmup_epochs": (1, 0)}
     assert load_config(params) == config_from_dict({"pretrain": {"lr": 0.5}})
     assert "# invprop params" in params.read_text()  # comments survive the reset
 

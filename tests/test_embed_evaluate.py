@@ -26,7 +26,7 @@ from invprop.checkpoint import (
 )
 from invprop.cli import knn as knn_cli
 from invprop.cli import metrics as metrics_cli
-from invprop.config import Config, config_diff, config_from_dict
+from invprop.config import Config, config_diff, config_from_dict, deep_merge
 from invprop.data import Split, convert_channels, load_prepared
 from invprop.data.prepared import ImageFiles
 from invprop.errors import InvpropError
@@ -63,11 +63,12 @@ def make_config(**sections) -> Config:
         "evaluate": {
             "knn_k": K,
             "linear": {"c_grid": [0.1, 1.0], "max_iter": 25, "val_fraction": 0.2},
+            # This module's own choice, apart from the defaults: both cheap baselines on,
+            # the trained one off unless a test turns it on.
+            "baselines": {"pixels": True, "random_init": True, "instance_discrimination": False},
         },
     }
-    for section, values in sections.items():
-        params[section] = {**params.get(section, {}), **values}
-    return config_from_dict(params)
+    return config_from_dict(deep_merge(params, sections))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invprop.checkpoint import build_encoder
-from invprop.config import Config, config_from_dict
+from invprop.config import Config, config_from_dict, deep_merge
 from invprop.data import load_prepared
 from invprop.errors import InvpropError
 from invprop.sampling import balanced_subset
@@ -46,16 +46,17 @@ def make_config(**sections) -> Config:
         "model": {"backbone": "small_cnn", "head": "mlp_hidden_bn", "dim": 16},
         "pretrain": {"device": "cpu", "n_background": 64, "threads": 1},
         "embed": {"batch_size": 256},
-        "evaluate": {"linear": {"c_grid": [0.1, 1.0], "max_iter": 25, "val_fraction": 0.2}},
+        "evaluate": {
+            "linear": {"c_grid": [0.1, 1.0], "max_iter": 25, "val_fraction": 0.2},
+            "baselines": {"random_init": True},  # on here whatever the default: it is tested
+        },
         "transfer": {
             "targets": ["digits"],
             "semi_fractions": [0.1, 0.5],
             "finetune": {"epochs": 1, "batch_size": 32, "lr": 0.05},
         },
     }
-    for section, values in sections.items():
-        params[section] = {**params.get(section, {}), **values}
-    return config_from_dict(params)
+    return config_from_dict(deep_merge(params, sections))
 
 
 @pytest.fixture(autouse=True)
