@@ -135,6 +135,7 @@ PARAMS = {
         "snapshot_epochs": [],
         "threads": 1,
         "lr": 0.05,
+        "table_refresh": "online",  # the authors' refresh: rows gathered from every rank
     },
     "embed": {"tags": ["final"]},
 }
