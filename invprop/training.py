@@ -191,7 +191,7 @@ def training_step(
         sim.detach(),
         p.bank_momentum,
         all_gather_rows,
-        refresh_table=p.table_refresh == "online",
+        refresh_table=refreshes_online(cfg),
     )
     return InvPLoss(*(loss.detach() for loss in losses))
 
@@ -266,6 +266,16 @@ def monitor_knn(
         len(prepared.classes),
     )
     return result[MONITOR_K]["top1"]
+
+
+def refreshes_online(cfg: Config) -> bool:
+    """Whether the table is refreshed row by row in each step, not rebuilt once per epoch.
+
+    With InvP off the table feeds no loss and is kept only for its purity figure, so it is
+    refreshed online, at no cost, whatever pretrain.table_refresh says: the baseline does
+    not pay for a rebuild it never uses.
+    """
+    return cfg.pretrain.table_refresh == "online" or not cfg.pretrain.invp
 
 
 def rebuild_table(
@@ -393,7 +403,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
             sums += torch.stack(losses) * share
         seconds = time.perf_counter() - start
         table_seconds = 0.0
-        if p.table_refresh != "online":  # every rank: all hold the same bank
+        if not refreshes_online(cfg):  # every rank: all hold the same bank
             table_start = time.perf_counter()
             rebuild_table(encoder, bank, prepared, cfg, device)
             broadcast_(bank.neighbours)

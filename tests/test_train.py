@@ -177,6 +177,19 @@ def test_table_refresh_and_its_purity_per_epoch(workdir: Path, refresh: str) -> 
     assert table.tolist() == exact_table(source.double().numpy(), 4).tolist()
 
 
+def test_with_invp_off_the_table_is_refreshed_online_whatever_the_param(workdir: Path) -> None:
+    """The baseline never uses its table, so it pays for no rebuild: the same run as with
+    table_refresh online, table included."""
+    off = ("pretrain.invp=false", "pretrain.epochs=1")
+    runs = {name: TrainingRun(workdir / name, workdir / f"{name}-live") for name in ("a", "b")}
+    online = train(tiny_config(*off, "pretrain.table_refresh=online"), runs["a"])
+    clean = train(tiny_config(*off, "pretrain.table_refresh=clean"), runs["b"])
+    assert clean["table_purity"] == online["table_purity"]
+    assert clean["table_seconds"] == 0.0
+    tables = [load_checkpoint(run.final)["bank"]["neighbours"] for run in runs.values()]
+    assert torch.equal(*tables)
+
+
 def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Path) -> None:
     """SIGKILL the pretrain stage four times: in a seeded-random training step and inside
     the writes of the snapshot, last.pt and final.pt, each cut at a seeded-random byte.
