@@ -708,6 +708,13 @@ def apply_preset(
     merge_in_place(document, preset)
     buffer = io.StringIO()
     rt.dump(document, buffer)
+    if yaml_or_none(buffer.getvalue()) != deep_merge(start, preset):
+        # ruamel can misplace an end-of-line comment when a list changes form
+        raise InvpropError(
+            f"params: could not merge {preset_path} into {params_path} with its comments "
+            f"kept (a comment beside a list value?); {params_path} is unchanged: move that "
+            "comment to a line of its own, or edit the values by hand"
+        )
     with atomic_file(params_path) as tmp:
         tmp.write_text(buffer.getvalue())
     set_by_preset = set(flat_keys(preset))
@@ -717,6 +724,14 @@ def apply_preset(
         if key not in set_by_preset and not any(key.startswith(k + ".") for k in set_by_preset)
     }
     return PresetApplied(cfg, config_diff(before, cfg), kept)
+
+
+def yaml_or_none(text: str) -> Any:
+    """The parsed YAML text, or None where it does not parse."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -306,3 +306,28 @@ def test_save_params_writes_a_loadable_file_only_when_it_changes(tmp_path: Path)
     before = path.stat().st_mtime_ns
     save_params(cfg, path)
     assert path.stat().st_mtime_ns == before
+
+
+def test_apply_never_writes_a_params_file_that_reads_back_otherwise(tmp_path: Path) -> None:
+    """A list that changes form (flow [] to block and back) beside an end-of-line comment:
+    ruamel 0.18 then moves the comment onto the next key and writes broken YAML. Either the
+    file reads back as exactly the merged values, or apply refuses, naming the fix, and
+    leaves the file as it was."""
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  snapshot_epochs: []       # e.g. [1]: keep epoch 1\n  k: 4\n")
+    steps = [
+        "pretrain:\n  epochs: 9\n  snapshot_epochs: [3, 4]\n",
+        "pretrain:\n  snapshot_epochs: []\n",
+    ]
+    for number, text in enumerate(steps):
+        preset = tmp_path / f"preset{number}.yaml"
+        preset.write_text(text)
+        before = params.read_text()
+        want = deep_merge(yaml.safe_load(before), yaml.safe_load(text))
+        try:
+            apply_preset(params, preset)
+        except InvpropError as exc:
+            assert "move that comment to a line of its own" in str(exc)
+            assert params.read_text() == before
+        else:
+            assert yaml.safe_load(params.read_text()) == want
