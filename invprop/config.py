@@ -694,7 +694,8 @@ def apply_preset(
     base = read_yaml_mapping(params_path, "params file") if params_path.exists() else {}
     before = config_from_dict(base)
     start = Config().to_dict() if fresh else base
-    cfg = config_from_dict(deep_merge(start, preset))
+    merged = deep_merge(start, preset)
+    cfg = config_from_dict(merged)
 
     rt = YAML()
     rt.preserve_quotes = True
@@ -708,7 +709,7 @@ def apply_preset(
     merge_in_place(document, preset)
     buffer = io.StringIO()
     rt.dump(document, buffer)
-    if yaml_or_none(buffer.getvalue()) != deep_merge(start, preset):
+    if yaml_or_none(buffer.getvalue()) != merged:
         # ruamel can misplace an end-of-line comment when a list changes form
         raise InvpropError(
             f"params: could not merge {preset_path} into {params_path} with its comments "
