@@ -2,7 +2,7 @@
 
     invprop ckpt show models/pretrain/final.pt             # epoch, params, shapes, metrics
     invprop ckpt show models/pretrain/last.pt --json
-    invprop ckpt diff models/pretrain/snapshots/epoch_0002.pt models/pretrain/final.pt
+    invprop ckpt diff models/instance_discrimination/final.pt models/pretrain/final.pt
 
 Checkpoints load with `invprop.checkpoint.load_checkpoint` (weights only, so a file can
 never run code); torch is imported inside the commands, so `invprop --help` stays fast.
@@ -156,7 +156,7 @@ def diff(
 ) -> None:
     """Compare two checkpoints: params that differ, epochs, hashes, sizes, equal weights.
 
-    Example: invprop ckpt diff models/pretrain/snapshots/epoch_0002.pt models/pretrain/final.pt
+    Example: invprop ckpt diff models/instance_discrimination/final.pt models/pretrain/final.pt
     """
     result = compare(a, _load(a), b, _load(b))
     if as_json:
