@@ -106,7 +106,12 @@ rule prepare_target:
         target=one_of(TARGETS),
     params:
         tracked=tracked(
-            "data.seed", "data.image_size", "data.channels", "data.download", "transfer.roots"
+            "data.name",
+            "data.seed",
+            "data.image_size",
+            "data.channels",
+            "data.download",
+            "transfer.roots",
         ),
     log:
         "logs/prepare_target_{target}.log",
@@ -216,11 +221,13 @@ rule embed:
         tag=one_of(TAGS),
     params:
         tracked=tracked(
+            "data.name",
             "data.image_size",
             "data.channels",
             "augment.mean",
             "augment.std",
             "embed.batch_size",
+            "pretrain.device",
             "pretrain.precision",
         ),
     resources:
@@ -280,7 +287,7 @@ rule propagate:
     wildcard_constraints:
         tag=one_of(TAGS),
     params:
-        tracked=tracked("propagate"),
+        tracked=tracked("data.name", "propagate"),
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     log:
         "logs/propagate_{tag}.log",
@@ -312,7 +319,15 @@ rule evaluate:
     output:
         "reports/evaluate.json",
     params:
-        tracked=tracked("seed", "data.seed", "augment.mean", "augment.std", "evaluate"),
+        tracked=tracked(
+            "seed",
+            "data.name",
+            "data.seed",
+            "augment.mean",
+            "augment.std",
+            "pretrain.device",
+            "evaluate",
+        ),
     resources:
         gpu=1,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
@@ -351,9 +366,12 @@ rule transfer:
             "data.channels",
             "augment.mean",
             "augment.std",
+            "augment.shorter_side",
             "transfer",
             "evaluate.linear",
             "evaluate.baselines.random_init",
+            "pretrain.device",
+            "pretrain.threads",
             "pretrain.precision",
             "embed.batch_size",
         ),

@@ -6,7 +6,7 @@ A checkpoint is a plain dict of tensors and primitives, loaded with
     version       int, CHECKPOINT_VERSION
     epoch         int, epochs completed (0 = before training)
     params_hash   str, training_hash(config) of the run that wrote it
-    config        dict, the full resolved config of that run
+    config        dict, training_params(config) of that run: the sections a training reads
     model         Encoder state_dict
     bank          MemoryBank state_dict (vectors [n, d], neighbours [n, k])
     optimizer     optimizer state_dict
@@ -22,8 +22,6 @@ or (seed, epoch), so a resumed run needs none.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import torch
 
-from invprop.config import Config, config_from_dict, with_current_names
+from invprop.config import Config, config_from_dict, params_hash, with_current_names
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, ensure_free_space
 from invprop.models import Encoder
@@ -46,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "training_hash",
+    "training_params",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -64,12 +63,24 @@ BOOKKEEPING_KEYS = (
 )
 
 
+# The params sections a training reads (the pretrain stage's tracked params, but for
+# embed.batch_size, which only sets the batches of the initial bank fill).
+TRAINING_SECTIONS = ("seed", "data", "model", "augment", "pretrain")
+
+
+def training_params(cfg: Config) -> dict[str, Any]:
+    """The sections of `cfg` a training reads: what a checkpoint records as its config.
+
+    Nothing else, so a checkpoint's bytes depend on no param its stage does not track.
+    """
+    return cfg.to_dict(*TRAINING_SECTIONS)
+
+
 def training_hash(cfg: Config) -> str:
     """Hash of every param that changes what pretraining computes (a resume needs a match)."""
-    full = cfg.to_dict()
-    pretrain = {k: v for k, v in full["pretrain"].items() if k not in BOOKKEEPING_KEYS}
-    payload = {k: full[k] for k in ("seed", "data", "model", "augment")} | {"pretrain": pretrain}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    params = training_params(cfg)
+    params["pretrain"] = {k: v for k, v in params["pretrain"].items() if k not in BOOKKEEPING_KEYS}
+    return params_hash(params)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -151,7 +162,7 @@ def checkpoint_preprocessing(state: dict[str, Any], where: str) -> dict[str, Any
 def checkpoint_config(state: dict[str, Any]) -> Config:
     """The validated config of the run that wrote `state` (one written before a params key
     or value was renamed, such as the heads 'mlp' and 'mlp_bn', reads under the current
-    names)."""
+    names). Only its TRAINING_SECTIONS are the run's; the others hold the defaults."""
     return config_from_dict(with_current_names(state["config"]))
 
 

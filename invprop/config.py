@@ -281,15 +281,16 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples as lists), as it would appear in params.yaml."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def section_hash(self, *sections: str) -> str:
-        """A short stable hash of the named sections, to tell whether an artifact is stale."""
-        full = self.to_dict()
-        payload = json.dumps({name: full[name] for name in sections}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    def to_dict(self, *sections: str) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists) of the named sections, or of all of them, as
+        it would appear in params.yaml. Only the named sections are read."""
+        names = sections or tuple(f.name for f in dataclasses.fields(self))
+        values = {name: getattr(self, name) for name in names}
+        plain = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in values.items()
+        }
+        return json.loads(json.dumps(plain))
 
     def prepared_datasets(self) -> list[str]:
         """The datasets the prepare stage must produce: the main one, then transfer targets."""
@@ -621,6 +622,12 @@ def merge_in_place(node: Any, overlay: dict[str, Any]) -> None:
             merge_in_place(node[key], value)
         else:
             node[key] = value
+
+
+def params_hash(values: dict[str, Any]) -> str:
+    """A short stable hash of a plain mapping of param values (key order does not count)."""
+    payload = json.dumps(values, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

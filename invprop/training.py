@@ -41,6 +41,7 @@ from invprop.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     training_hash,
+    training_params,
 )
 from invprop.config import Config
 from invprop.data import PreparedDataset
@@ -112,7 +113,7 @@ class TrainState:
             "version": CHECKPOINT_VERSION,
             "epoch": self.epoch,
             "params_hash": training_hash(cfg),
-            "config": cfg.to_dict(),
+            "config": training_params(cfg),
             "model": self.encoder.state_dict(),
             "bank": self.bank.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -21,6 +21,7 @@ from invprop.config import (
     deep_merge,
     flat_keys,
     load_config,
+    params_hash,
     restore_types,
     save_params,
     with_current_names,
@@ -177,12 +178,13 @@ def test_config_diff_lists_changed_keys() -> None:
     assert config_diff(a, b) == {"graph.k": (20, 30), "seed": (0, 4)}
 
 
-def test_section_hash_changes_only_with_its_section() -> None:
-    a = config_from_dict({})
-    assert a.section_hash("data") == config_from_dict({}, ["graph.k=5"]).section_hash("data")
-    assert a.section_hash("data") != config_from_dict({}, ["data.image_size=32"]).section_hash(
-        "data"
-    )
+def test_to_dict_of_named_sections_and_params_hash() -> None:
+    cfg = config_from_dict({}, ["graph.k=5"])
+    assert cfg.to_dict("seed", "graph") == {"seed": 0, "graph": cfg.to_dict()["graph"]}
+    assert params_hash({"a": 1, "b": [2]}) == params_hash({"b": [2], "a": 1})
+    assert params_hash({"a": 1}) != params_hash({"a": 2})
+    data = config_from_dict({}).to_dict("data")
+    assert params_hash(data) == params_hash(cfg.to_dict("data"))
 
 
 def test_config_imports_no_torch_and_the_method_core_no_config():

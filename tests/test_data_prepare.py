@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invprop.config import config_from_dict
+from invprop.config import config_from_dict, params_hash
 from invprop.data import as_tensor, convert_channels, load_prepared
 from invprop.errors import InvpropError
 from invprop.pipeline import main as stage_main
@@ -51,7 +51,7 @@ def test_synthetic_artifact_and_meta(in_tmp, data_config):
     assert meta["counts"] == {"train": 100, "test": 30}
     assert meta["class_counts"]["train"] == [10] * 10 and sum(meta["class_counts"]["test"]) == 30
     assert meta["params"] == {
-        "data_hash": cfg.section_hash("data"),
+        "data_hash": params_hash(cfg.to_dict("data")["data"]),  # every data key: main dataset
         "data_seed": 0,
         "train_limit": 100,
         "test_limit": 30,
@@ -68,6 +68,17 @@ def test_synthetic_artifact_and_meta(in_tmp, data_config):
     report = json.loads((in_tmp / "reports/prepare_synthetic.json").read_text())
     assert report["counts"] == meta["counts"] and report["seconds"] > 0
     assert report["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+
+
+def test_a_transfer_target_takes_nothing_from_the_pretraining_datasets_subset(in_tmp, data_config):
+    """Its stage does not track data.train_limit / test_limit, so they must not shape a
+    target (a synthetic target once took them, and its meta hashed the whole data section)."""
+    folder = in_tmp / "data/prepared/synthetic"
+    run(data_config("digits", train_limit=50, test_limit=20), "synthetic")
+    first = snapshot(folder)
+    run(data_config("digits", train_limit=80), "synthetic")
+    assert snapshot(folder) == first
+    assert json.loads(first["meta.json"])["counts"] == {"train": 2000, "test": 500}
 
 
 def test_prepare_is_deterministic_and_limits_follow_the_data_seed(in_tmp, data_config):

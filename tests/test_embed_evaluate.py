@@ -23,6 +23,7 @@ from invprop.checkpoint import (
     encoder_from_checkpoint,
     load_checkpoint,
     training_hash,
+    training_params,
 )
 from invprop.cli import knn as knn_cli
 from invprop.cli import metrics as metrics_cli
@@ -374,7 +375,10 @@ def test_instance_discrimination_stage_trains_invp_off_and_evaluate_scores_it(wo
 
     baseline.run(cfg)
     state = load_checkpoint(INSTANCE_DISCRIMINATION.final)
-    assert config_diff(cfg, checkpoint_config(state)) == {"pretrain.invp": (True, False)}
+    # It records the sections a training reads: those of `cfg`, with InvP off.
+    invp_off = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, invp=False))
+    assert state["config"] == training_params(invp_off)
+    assert config_diff(cfg, checkpoint_config(state))["pretrain.invp"] == (True, False)
     assert state["history"][0]["loss_invariance"] == 0.0
     embeddings = load_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS)
     assert embeddings.meta["checkpoint"] == str(INSTANCE_DISCRIMINATION.final)

@@ -124,16 +124,19 @@ class SourceOptions:
 
     @classmethod
     def from_config(cls, cfg: Config, name: str) -> SourceOptions:
+        """The options of dataset `name`. Subsets are for quick runs of the pretraining
+        dataset (data.name); transfer targets are read whole."""
         root = cfg.dataset_root(name)
+        pretraining = name == cfg.data.name
         return cls(
             name=name,
             root=Path(root).expanduser() if root else None,
-            root_key="data.root" if name == cfg.data.name else f"transfer.roots.{name}",
+            root_key="data.root" if pretraining else f"transfer.roots.{name}",
             download=cfg.data.download,
             image_size=cfg.data.image_size,
             channels=cfg.data.channels,
-            train_limit=cfg.data.train_limit,
-            test_limit=cfg.data.test_limit,
+            train_limit=cfg.data.train_limit if pretraining else None,
+            test_limit=cfg.data.test_limit if pretraining else None,
         )
 
     def search_roots(self, default: str | Path | None = None) -> list[Path]:

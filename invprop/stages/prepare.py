@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from invprop import __version__
-from invprop.config import Config
+from invprop.config import Config, params_hash
 from invprop.data.imagefolder import check_images
 from invprop.data.prepared import META_VERSION, SPLITS, decode_image, load_size, split_files
 from invprop.data.sources import (
@@ -51,6 +51,23 @@ def run(cfg: Config, *datasets: str) -> None:
         prepare(cfg, name)
 
 
+def preparation_hash(opts: SourceOptions, data_seed: int) -> str:
+    """Hash of the params a dataset was prepared with: its source options and the data
+    seed (of a transfer target, none of the pretraining dataset's other data params)."""
+    return params_hash(
+        {
+            "name": opts.name,
+            "root": str(opts.root) if opts.root is not None else None,
+            "download": opts.download,
+            "image_size": opts.image_size,
+            "channels": opts.channels,
+            "train_limit": opts.train_limit,
+            "test_limit": opts.test_limit,
+            "seed": data_seed,
+        }
+    )
+
+
 def prepare(
     cfg: Config, name: str, out: str | Path | None = None, report: str | Path | None = None
 ) -> dict[str, Any]:
@@ -67,12 +84,7 @@ def prepare(
     LOG.info(f"prepare {name}: " + (f"reading {where}" if where else "building"))
     raw = source.read(opts)
 
-    # Subsets are for quick runs of the main dataset; transfer targets are used whole.
-    main = name == cfg.data.name
-    limits = {
-        "train": cfg.data.train_limit if main else None,
-        "test": cfg.data.test_limit if main else None,
-    }
+    limits = {"train": opts.train_limit, "test": opts.test_limit}
     native = {"train": len(raw.train), "test": len(raw.test)}
     splits = {s: _limit(getattr(raw, s), limits[s], cfg.data.seed) for s in SPLITS}
     for split, data in splits.items():
@@ -114,7 +126,7 @@ def prepare(
         "root": str(raw.root) if raw.root is not None else None,
         "sources": [dataclasses.asdict(record) for record in sources],
         "params": {
-            "data_hash": cfg.section_hash("data"),
+            "data_hash": preparation_hash(opts, cfg.data.seed),
             "data_seed": cfg.data.seed,
             "train_limit": limits["train"],
             "test_limit": limits["test"],
