@@ -210,3 +210,19 @@ def test_params_apply_and_stage_print_json(tmp_path: Path, monkeypatch: pytest.M
     shown = json.loads(result.stdout)
     assert shown["stage"] == "prepare" and shown["exit_status"] == 0
     assert shown["written"]["reports/prepare_synthetic.json"]["counts"] == {"train": 30, "test": 10}
+
+
+def test_a_narrow_table_folds_long_values_instead_of_cutting_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invprop.cli.common import print_table
+
+    monkeypatch.setenv("COLUMNS", "40")
+    note = "not run (evaluate.baselines.random_init is off)"
+    print_table("results", ["method", "kNN", "linear"], [["Random init", note, 0.5]])
+    out = capsys.readouterr().out
+    assert "…" not in out
+    # The note's column, read down its lines: every character is there.
+    pieces = [line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 4]
+    assert "evaluate.baselines.random_init" in "".join(pieces)
+    assert "0.5" in out

@@ -136,7 +136,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        # In a narrow terminal a long word folds onto the next line instead of being cut
+        # short with an ellipsis: a params key in a note is the fix a user needs.
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     Console().print(table)
