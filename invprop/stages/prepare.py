@@ -54,18 +54,10 @@ def run(cfg: Config, *datasets: str) -> None:
 def preparation_hash(opts: SourceOptions, data_seed: int) -> str:
     """Hash of the params a dataset was prepared with: its source options and the data
     seed (of a transfer target, none of the pretraining dataset's other data params)."""
-    return params_hash(
-        {
-            "name": opts.name,
-            "root": str(opts.root) if opts.root is not None else None,
-            "download": opts.download,
-            "image_size": opts.image_size,
-            "channels": opts.channels,
-            "train_limit": opts.train_limit,
-            "test_limit": opts.test_limit,
-            "seed": data_seed,
-        }
-    )
+    values = dataclasses.asdict(opts)
+    del values["root_key"]  # where errors point to, not what is read
+    values["root"] = str(opts.root) if opts.root is not None else None
+    return params_hash(values | {"seed": data_seed})
 
 
 def prepare(
