@@ -1,10 +1,25 @@
-"""The stages of a dvc.yaml as DVC itself resolves them (foreach expanded), for the tests
-that compare it with the Snakefile and run it end to end."""
+"""The stages of a dvc.yaml as DVC itself resolves them (foreach expanded), and the tiny
+pipeline's params, for the tests that compare it with the Snakefile and run it end to end."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from invprop.config import deep_merge
+
+TINY_PARAMS = Path(__file__).with_name("pipeline_params.yaml")
+
+
+def tiny_params(root: Path) -> dict[str, Any]:
+    """`root`/params.yaml with the tiny overlay merged in (every key dvc.yaml tracks exists)."""
+    return deep_merge(
+        yaml.safe_load((root / "params.yaml").read_text()),
+        yaml.safe_load(TINY_PARAMS.read_text()),
+    )
 
 
 @dataclass(frozen=True)

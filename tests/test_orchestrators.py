@@ -29,18 +29,17 @@ from typing import Any
 
 import pytest
 import yaml
-from dvc_pipeline import DvcStage, dvc_stages
+from dvc_pipeline import DvcStage, dvc_stages, tiny_params
 from run_comparison import without_timing
 from scipy import stats
 
-from invprop.config import config_from_dict, deep_merge
+from invprop.config import config_from_dict
 from invprop.study import runs_from_show
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY_PARAMS = Path(__file__).with_name("pipeline_params.yaml")
 PIPELINE_FILES = ("dvc.yaml", "Snakefile", ".dvcignore", "stages", "invprop", "profiles")
 # Metric keys that are fractions: accuracies, neighbour purity, coverage, recall.
 FRACTION_KEY = re.compile(r"(^|/|_)(top\d+|purity|coverage|recall|accuracy)(_|$)")
@@ -227,10 +226,7 @@ def pipeline_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.copytree(source, target, ignore=ignore)
             else:
                 shutil.copy2(source, target)
-    params = deep_merge(
-        yaml.safe_load((ROOT / "params.yaml").read_text()),
-        yaml.safe_load(TINY_PARAMS.read_text()),
-    )
+    params = tiny_params(ROOT)
     config_from_dict(params)  # the tiny params must be valid for the current schema
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (base / ".gitignore").write_text("__pycache__/\n.snakemake/\n")

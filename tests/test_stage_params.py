@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 import yaml
-from dvc_pipeline import dvc_stages
+from dvc_pipeline import dvc_stages, tiny_params
 from test_stage_deps import stage_function_name
 
 from invprop.checkpoint import training_hash
-from invprop.config import Config, config_from_dict, deep_merge
+from invprop.config import Config, config_from_dict
 from invprop.pipeline import STAGE_NAMES, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_PARAMS = Path(__file__).with_name("pipeline_params.yaml")
 
 # Reads that cannot change an artifact's content, by the function that makes them, each
 # for a stated reason.
@@ -116,10 +115,7 @@ def stage_reads(
     from dvc.repo import Repo
 
     workspace = tmp_path_factory.mktemp("stage_params")
-    params = deep_merge(
-        yaml.safe_load((ROOT / "params.yaml").read_text()),
-        yaml.safe_load(TINY_PARAMS.read_text()),
-    )
+    params = tiny_params(ROOT)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (workspace / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     Repo.init(str(workspace), no_scm=True)
