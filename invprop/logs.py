@@ -1,14 +1,17 @@
 """One logging and progress facility for the stages, the CLI and the library.
 
 - `setup_logging(verbosity)` configures the "invprop" logger once per process: on a
-  terminal Rich's handler (time column, levels in colour); elsewhere (DVC, Snakemake and
-  SLURM log files) plain `YYYY-mm-dd HH:MM:SS [stage] message` lines. Verbosity -1 shows
-  warnings only (--quiet), 0 information, 1 debug (--verbose). Under torchrun only rank 0
-  speaks, so one log reads like one process.
-- `track(iterable, description, total)` shows a rich.progress bar on a terminal (steps,
-  images/s, ETA); elsewhere it logs a plain line at most every `interval` seconds, so a log
-  file shows steady progress without flooding. Every loop over batches and over anchors
-  goes through it.
+  terminal that can redraw, Rich's handler (time column, levels in colour); elsewhere
+  (DVC, Snakemake and SLURM log files, pipes, `TERM=dumb`) plain
+  `YYYY-mm-dd HH:MM:SS [stage] message` lines. Verbosity -1 shows warnings only (--quiet),
+  0 information, 1 debug (--verbose). Under torchrun only rank 0 speaks, so one log reads
+  like one process.
+- `track(iterable, description, total)` shows progress in one of three modes
+  (`progress_mode`): a rich.progress bar (steps, images/s, ETA) where the terminal can
+  redraw; plain lines at most every `interval` seconds where it cannot, so a log file or a
+  dumb terminal shows steady progress without flooding; or nothing. `INVPROP_PROGRESS=
+  bar|lines|off` overrides the choice. Every loop over batches and over anchors goes
+  through it.
 
 Nothing here changes what a stage computes, only what it says while computing.
 """
@@ -19,11 +22,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar, get_args
+
+from invprop.errors import InvpropError
 
 T = TypeVar("T")
 
@@ -32,13 +37,44 @@ ROOT = "invprop"
 DEFAULT_INTERVAL = 10.0
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
+ProgressMode = Literal["bar", "lines", "off"]
+PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
+PROGRESS_ENV = "INVPROP_PROGRESS"
+# TERM values of terminals that cannot move the cursor, so a live bar would draw nothing
+# (Rich then skips every redraw); no TERM at all says nothing about the capabilities either.
+DUMB_TERMS = frozenset({"", "dumb", "unknown"})
+
+
+def can_redraw(stream: IO[str], environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether `stream` is a terminal that can redraw a live bar: a tty whose TERM names
+    a terminal with cursor movement."""
+    try:
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+    except ValueError:  # a closed stream (pytest swaps stderr and closes the old one)
+        return False
+    return tty and environ.get("TERM", "").strip().lower() not in DUMB_TERMS
+
+
+def progress_mode(stream: IO[str], environ: Mapping[str, str] = os.environ) -> ProgressMode:
+    """How progress is shown on `stream`: INVPROP_PROGRESS when set, else a live "bar"
+    where the terminal can redraw and timed plain "lines" everywhere else."""
+    chosen = environ.get(PROGRESS_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in PROGRESS_MODES:
+            raise InvpropError(
+                f"{PROGRESS_ENV}={environ[PROGRESS_ENV]!r} is not one of "
+                f"{', '.join(PROGRESS_MODES)}; set one of them, or unset it to choose by terminal"
+            )
+        return chosen  # type: ignore[return-value]
+    return "bar" if can_redraw(stream, environ) else "lines"
+
 
 @dataclass
 class _Settings:
     stream: IO[str] | None = None  # None: sys.stderr at the time of writing
-    terminal: bool | None = None  # None: ask the stream
+    mode: ProgressMode = "lines"
     interval: float = DEFAULT_INTERVAL
-    enabled: bool = True  # progress shown at all (off for --quiet and ranks > 0)
+    enabled: bool = True  # progress shown at all (not for --quiet, ranks > 0, mode "off")
     console: Any = None  # the rich Console that handler and bars share
     live: Any = None  # the running rich.progress.Progress, while a bar is shown
     bars: int = 0
@@ -46,18 +82,22 @@ class _Settings:
     def out(self) -> IO[str]:
         return self.stream if self.stream is not None else sys.stderr
 
-    def is_terminal(self) -> bool:
-        if self.terminal is not None:
-            return self.terminal
-        return bool(getattr(self.out(), "isatty", lambda: False)())
-
     def rich_console(self) -> Any:
         if self.console is None:
             from rich.console import Console
 
-            # stderr=True without a stream: Rich looks sys.stderr up at each write.
-            self.console = Console(
-                file=self.stream, stderr=self.stream is None, force_terminal=self.is_terminal()
+            class RedrawingConsole(Console):
+                """Rich refuses to redraw under TERM=dumb even when told it is a terminal;
+                the mode already decided (or the user asked for the bar)."""
+
+                @property
+                def is_dumb_terminal(self) -> bool:
+                    return False
+
+            # stderr=True without a stream: Rich looks sys.stderr up at each write. NO_COLOR
+            # is Rich's own: the bar and the log keep their layout, without colours.
+            self.console = RedrawingConsole(
+                file=self.stream, stderr=self.stream is None, force_terminal=True
             )
         return self.console
 
@@ -101,29 +141,49 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def _interval_from_env() -> float:
+    value = os.environ.get("INVPROP_PROGRESS_SECONDS", "")
+    if not value.strip():
+        return DEFAULT_INTERVAL
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise InvpropError(
+            f"INVPROP_PROGRESS_SECONDS={value!r} is not a number of seconds >= 0; "
+            f"unset it for the default {DEFAULT_INTERVAL:g}"
+        )
+    return seconds
+
+
 def setup_logging(
     verbosity: int = 0,
     stream: IO[str] | None = None,
-    terminal: bool | None = None,
+    mode: ProgressMode | None = None,
     interval: float | None = None,
 ) -> None:
     """Configure the "invprop" logger and the progress display for this process.
 
     verbosity: -1 warnings only, 0 info, 1 debug. stream: where to write (stderr by
-    default); terminal: force Rich (True) or plain lines (False) instead of asking the
-    stream; interval: seconds between plain progress lines (default
-    INVPROP_PROGRESS_SECONDS, else 10). Calling it again replaces the previous set-up.
+    default); mode: "bar", "lines" or "off" (default `progress_mode(stream)`); interval:
+    seconds between plain progress lines (default INVPROP_PROGRESS_SECONDS, else 10).
+    Calling it again replaces the previous set-up. A bad INVPROP_PROGRESS or
+    INVPROP_PROGRESS_SECONDS raises InvpropError naming what is allowed.
     """
     global _settings
     if interval is None:
-        interval = float(os.environ.get("INVPROP_PROGRESS_SECONDS", DEFAULT_INTERVAL))
+        interval = _interval_from_env()
+    out = stream if stream is not None else sys.stderr
+    if mode is None:
+        mode = progress_mode(out)
     quiet = verbosity < 0 or _rank() != 0
-    _settings = _Settings(stream, terminal, interval, enabled=not quiet)
+    _settings = _Settings(stream, mode, interval, enabled=not quiet and mode != "off")
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler: logging.Handler
-    if _settings.is_terminal():
+    if mode == "bar":  # records above the bar, on the console it redraws
         from rich.logging import RichHandler
 
         handler = RichHandler(
@@ -191,7 +251,7 @@ class Progress:
             self.logger.info(self.line())
 
     def _open(self) -> None:
-        if not (_settings.enabled and _settings.is_terminal()):
+        if not (_settings.enabled and _settings.mode == "bar"):
             return
         if _settings.live is None:
             _settings.live = _rich_progress(_settings.rich_console())

@@ -111,8 +111,8 @@ def main(name: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     options = parser.parse_args(argv)
-    setup_logging(options.verbose - options.quiet)
     try:
+        setup_logging(options.verbose - options.quiet)
         cfg = load_config(options.params, options.overrides)
         seconds = run_stage(name, cfg, options.args)
     except InvpropError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import pickle
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,12 +232,35 @@ class RawWriters:
         return written
 
 
+# What the shell that runs pytest could set to change what the CLI and the logs print:
+# Rich reads the first six, invprop the last two. The suite runs without them, on an
+# ordinary terminal type, so its outcome does not depend on the shell (tests/test_terminals.py
+# runs the logging and CLI tests under TERM=dumb, NO_COLOR and COLUMNS=40 to check it);
+# tests about one of them set it themselves.
+TERMINAL_VARIABLES = (
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "TTY_COMPATIBLE",
+    "COLUMNS",
+    "LINES",
+    "CLICOLOR_FORCE",
+    "INVPROP_PROGRESS",
+    "INVPROP_PROGRESS_SECONDS",
+)
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _stage_logging() -> None:
-    """Library messages reach stderr as in a stage run, where tests read them (capsys)."""
+def _neutral_terminal_and_stage_logging() -> Iterator[None]:
+    """A terminal-neutral environment; library messages reach stderr as in a stage run,
+    where tests read them (capsys)."""
     from invprop.logs import setup_logging
 
-    setup_logging()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in TERMINAL_VARIABLES:
+            patch.delenv(name, raising=False)
+        patch.setenv("TERM", "xterm-256color")
+        setup_logging()
+        yield
 
 
 @pytest.fixture(scope="session")

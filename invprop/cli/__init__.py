@@ -14,7 +14,8 @@ import typer
 
 from invprop import __version__
 from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate, study
-from invprop.cli.common import JSON_OPTION, OneLineErrors, command, print_json
+from invprop.cli.common import JSON_OPTION, OneLineErrors, command, fail, print_json
+from invprop.errors import InvpropError
 from invprop.logs import setup_logging
 
 app = typer.Typer(
@@ -40,7 +41,10 @@ def root(
     ),
 ) -> None:
     """Invariance Propagation: inspect datasets, checkpoints, graphs and metrics."""
-    setup_logging(int(verbose) - int(quiet))
+    try:
+        setup_logging(int(verbose) - int(quiet))
+    except InvpropError as exc:
+        fail(exc)
 
 
 app.add_typer(params.app, name="params")

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import typer
 
@@ -107,6 +107,12 @@ PARAMS_OPTION = typer.Option(
 SHOW_OPTION = typer.Option(8, "--show", min=1, max=32, help="Images per row of the PNG grid.")
 
 
+def fail(exc: InvpropError) -> NoReturn:
+    """Print a user mistake as one `error: ...` line and exit with status 2."""
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """Register `fn` on `app`, printing InvpropError as one line and exiting with status 2."""
 
@@ -116,8 +122,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             try:
                 return fn(*args, **kw)
             except InvpropError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
+                fail(exc)
 
         app.command(name, **kwargs)(wrapped)
         return fn
