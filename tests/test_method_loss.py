@@ -62,6 +62,9 @@ def ref_invariance(
     top = ref_top(row, m)
     if bg == "code":  # authors: sum over top-M minus E[i,i], whether or not i is in the top-M
         den = sum(math.exp(row[j] / tau) for j in top) - math.exp(row[a] / tau)
+    elif bg == "code_inclusive":  # authors' --exclusive 0: that, plus E[i,i] again
+        den = sum(math.exp(row[j] / tau) for j in top) - math.exp(row[a] / tau)
+        den += math.exp(row[a] / tau)
     else:  # paper: (N_M minus all positives minus i) union N^h
         positives = set(cands)
         den = sum(math.exp(row[j] / tau) for j in top if j not in positives and j != a) + num
@@ -190,7 +193,7 @@ def test_instance_loss_matches_reference(tau: float) -> None:
         assert got[b].item() == pytest.approx(want, rel=1e-5, abs=1e-4)
 
 
-@pytest.mark.parametrize("background", ["code", "paper"])
+@pytest.mark.parametrize("background", ["code", "code_inclusive", "paper"])
 @pytest.mark.parametrize("prop_mode", ["exact", "concat"])
 @pytest.mark.parametrize("mode", ["hard", "easy"])
 @pytest.mark.parametrize("tau", [0.07, 0.01])
@@ -229,6 +232,21 @@ def test_code_mode_subtracts_anchor_term_outside_top_m() -> None:
     want = -math.log((e[4] + e[5]) / (e[1] + e[2] + e[3] - e[0]))
     assert got.item() == pytest.approx(want, rel=1e-5)
     assert abs(got.item() + math.log((e[4] + e[5]) / (e[1] + e[2] + e[3]))) > 0.1
+
+
+def test_code_inclusive_mode_is_the_top_m_sum_with_or_without_the_anchor() -> None:
+    """The authors' --exclusive 0 (objective.py:135): (sum_{N_M} E - E[i,i]) + E[i,i]."""
+    sim = torch.tensor([[0.49, 0.52, 0.51, 0.50, 0.10, -0.20], [0.9, 0.52, 0.51, 0.5, 0.1, 0.0]])
+    table = torch.tensor([[4, 5], [0, 2], [0, 1], [0, 1], [0, 5], [0, 4]])
+    anchors, tau, m = torch.tensor([0, 0]), 0.1, 3  # row 0: anchor outside the top 3; row 1: in
+    prop = propagate_exact(table, anchors, 1)
+    bg_ids = top_background(sim, m).ids
+    pos_ids, pos_mask = select_positives(sim, prop, 2, "hard")
+    got = invariance_loss(sim, anchors, bg_ids, pos_ids, pos_mask, prop, tau, "code_inclusive")
+    e = [[math.exp(v / tau) for v in row] for row in sim.double().tolist()]
+    outside = -math.log((e[0][4] + e[0][5]) / (e[0][1] + e[0][2] + e[0][3]))
+    inside = -math.log((e[1][4] + e[1][5]) / (e[1][0] + e[1][1] + e[1][2]))
+    assert got.tolist() == pytest.approx([outside, inside], rel=1e-5)
 
 
 def test_concat_duplicates_count_in_code_mode() -> None:
@@ -279,7 +297,7 @@ def test_no_positive_rows_and_empty_paper_background_have_finite_gradients() -> 
     bg_ids = top_background(sim, 3).ids  # for anchor 0: only positives or itself -> empty
     pos_ids, pos_mask = select_positives(sim, prop, 2, "hard")
     total = 0
-    for background in ["code", "paper"]:
+    for background in ["code", "code_inclusive", "paper"]:
         loss = invariance_loss(sim, anchors, bg_ids, pos_ids, pos_mask, prop, 0.07, background)
         assert torch.isfinite(loss).all() and loss[1].item() == 0.0
         total = total + loss.sum()

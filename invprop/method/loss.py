@@ -4,15 +4,18 @@ With E = exp(S / tau) and N_M(i) the M most similar bank entries of row i:
 
 - instance:   L_ins = -log( E[i,i] / sum_{j in N_M(i)} E[i,j] )
 - invariance: L_inv = -log( sum_{p in N^h(i)} E[i,p] / D(i) ), N^h(i) = the P hardest (or
-  easiest) members of the propagated set, and D(i) either the authors' code
-  (sum_{N_M} E - E[i,i]) or the paper's background (see :func:`invariance_loss`).
+  easiest) members of the propagated set, and D(i) the authors' code (sum_{N_M} E - E[i,i],
+  or sum_{N_M} E with their --exclusive 0) or the paper's background (see
+  :func:`invariance_loss`).
 
 Everything is computed in float32 (inputs are cast first) and in log space (logsumexp), which
 is the same function as the authors' ratio of exponentials without its overflow at small tau.
 Nothing here synchronises the host, so it can run inside a CUDA training step.
 
 Reference for the authors' arithmetic: ``InvariancePropagationLoss.forward`` in objective.py
-of WangFeng18/InvariancePropagation, commit bd8f5f77dc9809db8e66b4071768e059a9204f73.
+of WangFeng18/InvariancePropagation (lines 109-146 at cad924e; the same arithmetic at
+602add6 and on their 2020 branch, bd8f5f77dc9809db8e66b4071768e059a9204f73). Their
+``-log(ratio + 1e-7)`` guard (lines 115, 132, 135) is the ``eps`` argument here.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 POSITIVE_MODES = ("hard", "easy")
-BACKGROUND_MODES = ("code", "paper")
+BACKGROUND_MODES = ("code", "code_inclusive", "paper")
 
 
 class TopM(NamedTuple):
@@ -177,6 +180,8 @@ def _invariance_from_logits(
         # i outside N_M: every bg term >= E[i,i], so E[i,i]/sum <= 1/M and log1p is safe
         frac = torch.where(is_self.any(dim=1), 0.0, torch.exp(self_logit - log_others))
         log_den = log_others + torch.log1p(-frac)
+    elif background == "code_inclusive":
+        log_den = torch.logsumexp(bg_logits, dim=1)
     else:
         drop = _membership(bg_ids, prop.ids, prop.mask) | is_self
         log_bg, has_bg = _masked_logsumexp(bg_logits, ~drop)
@@ -206,6 +211,9 @@ def invariance_loss(
       were selected. The numerator may then exceed D (ratio > 1, negative loss). Needs M >= 2.
       Computed as the sum over N_M without i, minus E[i,i] only when i is outside N_M (no
       cancellation; identical value).
+    - ``code_inclusive`` (authors' ``--exclusive 0``, objective.py:135 at cad924e):
+      D = sum_{j in N_M} E[i,j], the anchor's term included when i is among the top M (their
+      ``(sum_{N_M} E - E[i,i]) + E[i,i]``); positives count as in ``code``.
     - ``paper``: D = sum over B(i) = (N_M(i) minus all propagated positives minus i) union
       N^h(i), i.e. the background part plus the numerator itself, so the ratio is <= 1. With
       ``concat`` propagation the N^h part is the multiset used in the numerator.
