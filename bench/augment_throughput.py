@@ -25,9 +25,9 @@ from invprop.augment import BatchAugment
 from invprop.config import config_from_dict, read_yaml_mapping
 from invprop.models import Encoder
 
-# the authors' CIFAR recipe, as the cifar10-paper preset states it
+# the authors' CIFAR recipe, as the cifar10-authors preset states it
 CIFAR_RECIPE = config_from_dict(
-    read_yaml_mapping(Path(__file__).parents[1] / "presets/cifar10-paper.yaml", "preset")
+    read_yaml_mapping(Path(__file__).parents[1] / "presets/cifar10-authors.yaml", "preset")
 ).augment
 
 

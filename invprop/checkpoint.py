@@ -174,7 +174,8 @@ def build_encoder(cfg: Config) -> Encoder:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:
-        return Encoder(cfg.model.backbone, cfg.data.channels, cfg.model.head, cfg.model.dim)
+        model = cfg.model
+        return Encoder(model.backbone, cfg.data.channels, model.head, model.dim, model.head_init)
     finally:
         torch.random.set_rng_state(generator_state)
 

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,11 +46,17 @@ RENAMED_KEYS = {
 }
 # Values renamed so that a head is named for what it is: reading an old value in params is an
 # error naming the new one, so no params file silently changes meaning.
-RENAMED_VALUES: dict[str, dict[str, str]] = {
+RENAMED_VALUES: dict[str, dict[str | bool, str]] = {
     "model.head": {"mlp": "mlp_hidden_bn", "mlp_bn": "mlp_hidden_out_bn"},
+    # a flag once; now which BatchNorm: none, in training mode, or the authors' eval mode
+    "evaluate.linear.batchnorm": {True: "train", False: "none"},
 }
 _RENAME_NOTES = {
     ("model.head", "mlp"): "; the authors' head, without BatchNorm, is 'mlp_no_bn'",
+    (
+        "evaluate.linear.batchnorm",
+        True,
+    ): "; the authors' ImageNet probe keeps it in eval mode: 'eval'",
 }
 
 
@@ -63,11 +70,18 @@ def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
         if name in out.get(section, {}):
             out[section][new_name] = out[section].pop(name)
     for dotted, names in RENAMED_VALUES.items():
-        section, name = dotted.split(".")
-        node = out.get(section)
-        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name] in names:
-            node[name] = names[node[name]]
+        *sections, name = dotted.split(".")
+        node: Any = out
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and _renamed(names, node.get(name)) is not None:
+            node[name] = _renamed(names, node[name])
     return out
+
+
+def _renamed(names: dict[str | bool, str], value: Any) -> str | None:
+    """The current name of an old value (a string, or a bool once a flag), else None."""
+    return names.get(value) if isinstance(value, str | bool) else None
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -104,6 +118,9 @@ class ModelConfig:
     # mlp_hidden_out_bn: with an output BatchNorm too (invprop.models.build_head).
     head: Literal["linear", "mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn"] = "mlp_hidden_bn"
     dim: int = _f(128, ge=2, le=4096)
+    # The head's Linear layers: PyTorch's default initialisation, or the authors' ResNet-50
+    # one (models/resnet.py:139-141: Xavier-uniform weights, zero biases).
+    head_init: Literal["torch", "xavier_uniform"] = "torch"
 
 
 @dataclass(frozen=True)
@@ -160,7 +177,12 @@ class PretrainConfig:
     positives: Literal["hard", "easy"] = "hard"
     # How positives are propagated: exact BFS (the paper) or concat (the authors' code).
     propagator: Literal["exact", "concat"] = "exact"
-    background: Literal["code", "paper"] = "paper"
+    # paper: B(i) of the paper; code: the authors' default (--exclusive 1); code_inclusive:
+    # their --exclusive 0 (invprop.method.loss.invariance_loss).
+    background: Literal["code", "code_inclusive", "paper"] = "paper"
+    # eps in -log(ratio + eps) of both losses: 0, the exact loss, or the authors' guard
+    # 1e-7 (objective.py lines 115 and 132), which caps each loss at -log(eps).
+    loss_eps: float = _f(0.0, ge=0, lt=1)
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -200,6 +222,18 @@ class PropagateConfig:
 
 
 @dataclass(frozen=True)
+class LinearLayerConfig:
+    """A backbone layer the sgd_augmented probe trains a linear classifier on."""
+
+    # "features": the pooled backbone output (what kNN, the L-BFGS probe and transfer use);
+    # else a module name of the backbone, e.g. "layer3" or "layer4.0" of a ResNet.
+    name: str = "features"
+    # Its output average-pooled to grid x grid cells before flattening (the authors' ImageNet
+    # probe pools layer3 to 3 x 3, models/LinearModelMulti.py:23).
+    grid: int = _f(1, ge=1)
+
+
+@dataclass(frozen=True)
 class LinearConfig:
     protocol: Literal["lbfgs", "sgd_augmented"] = "lbfgs"
     # Inverse-regularisation grid searched on a held-out part of the train split.
@@ -214,9 +248,21 @@ class LinearConfig:
     schedule: Literal["cosine", "step"] = "cosine"
     milestones: list[int] = _f([], ge=1)
     lr_decay: float = _f(0.1, gt=0, le=1)
-    # A BatchNorm1d on the frozen features before the linear layer (the authors' ImageNet
-    # probe, models/LinearModelMulti.py).
-    batchnorm: bool = False
+    # A BatchNorm1d on the frozen features before the linear layer: none; train (it
+    # normalises each batch, its running estimates at test time); or eval, the authors'
+    # ImageNet probe (models/LinearModelMulti.py:28 under network.eval(),
+    # linear_classification.py:232): running statistics stay 0 and 1, so it is a learnable
+    # per-feature scale and shift.
+    batchnorm: Literal["none", "train", "eval"] = "none"
+    # The classifier's initial weights: 0 for zeros, else N(0, init_std) (biases 0).
+    init_std: float = _f(0.0, ge=0)
+    # A classifier per layer, trained at once on the same batches; linear/* reports the
+    # last one listed, linear/layers/<name>/* each of them when there are several.
+    layers: list[LinearLayerConfig] = _f([LinearLayerConfig()])
+    # When the test split is scored for the authors' best-on-test figure: after each epoch
+    # (eval_linear.py) or before each epoch (linear_classification.py:185-186, so the last
+    # epoch is never scored). linear/top1 is always the final classifier's.
+    test_scoring: Literal["after_each_epoch", "before_each_epoch"] = "after_each_epoch"
 
 
 @dataclass(frozen=True)
@@ -409,7 +455,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 
 
 def _check_renamed(key: str, value: Any) -> None:
-    new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+    new = _renamed(RENAMED_VALUES.get(key, {}), value)
     if new is not None:
         note = _RENAME_NOTES.get((key, value), "")
         raise InvpropError(
@@ -537,6 +583,21 @@ def _validate(cfg: Config) -> None:
         all(m <= lin.epochs for m in lin.milestones),
         f"evaluate.linear.milestones = {lin.milestones} has epochs past evaluate.linear.epochs "
         f"= {lin.epochs}; remove them or raise epochs",
+    )
+    names = [layer.name for layer in lin.layers]
+    need(bool(names), "evaluate.linear.layers is empty; list at least one layer (features)")
+    need(
+        len(set(names)) == len(names),
+        f"evaluate.linear.layers names a layer twice: {', '.join(names)}",
+    )
+    need(
+        all(layer.grid == 1 for layer in lin.layers if layer.name == "features"),
+        "evaluate.linear.layers: features are pooled already; give them grid 1",
+    )
+    need(
+        lin.protocol == "sgd_augmented" or lin.layers == [LinearLayerConfig()],
+        "evaluate.linear.layers is for protocol sgd_augmented (the L-BFGS probe fits the "
+        "pooled features); set protocol: sgd_augmented or layers: [{name: features, grid: 1}]",
     )
 
 
@@ -707,6 +768,7 @@ def apply_preset(
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 100
+    rt.representer.add_representer(float, _represent_float)
     document = rt.load(params_path.read_text()) if params_path.exists() else None
     if document is None:
         document = {}
@@ -732,6 +794,20 @@ def apply_preset(
         if key not in set_by_preset and not any(key.startswith(k + ".") for k in set_by_preset)
     }
     return PresetApplied(cfg, config_diff(before, cfg), kept)
+
+
+def _represent_float(representer: Any, value: float) -> Any:
+    """A new float as YAML 1.1 and 1.2 both read it: ruamel writes 1e-07, which PyYAML (YAML
+    1.1, the stages' reader) takes for a string; 1.0e-07 is a float to both."""
+    if not math.isfinite(value):
+        return representer.represent_float(value)
+    text = repr(value)
+    mantissa, exponent = text.partition("e")[::2]
+    if exponent:
+        mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+        exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+        text = f"{mantissa}e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def yaml_or_none(text: str) -> Any:

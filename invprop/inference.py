@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "embed_checkpoint",
     "embed_folder",
     "extract",
+    "extract_outputs",
     "inference_autocast",
     "input_normalisation",
     "load_folder_embeddings",
@@ -125,7 +126,6 @@ def inference_autocast(cfg: Config, device: torch.device) -> contextlib.Abstract
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-@torch.no_grad()
 def extract(
     encoder: Encoder,
     split: Split,
@@ -147,6 +147,27 @@ def extract(
     1.28M-image split never has to fit on the GPU twice). With `batch_statistics`, BatchNorm
     layers use batch statistics, as in a training step, and refresh their running estimates.
     """
+    features, embeddings = extract_outputs(
+        encoder, encoder.embed, split, meta, cfg, device, batch_size, out_device, batch_statistics
+    )
+    return features, embeddings
+
+
+@torch.no_grad()
+def extract_outputs(
+    encoder: torch.nn.Module,
+    outputs: Callable[[Tensor], Sequence[Tensor]],
+    split: Split,
+    meta: dict[str, Any],
+    cfg: Config,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    out_device: str | torch.device = "cpu",
+    batch_statistics: bool = False,
+) -> list[Tensor]:
+    """`outputs(x)` ([B, F_j] tensors) of every clean image x of `split`, stacked in order
+    as float32 [N, F_j]; `extract` with any representation (`encoder` sets the mode and,
+    when `device` is None, the device; see `extract` for the rest)."""
     if device is None:
         device = next(encoder.parameters()).device
     device = torch.device(device)
@@ -157,7 +178,7 @@ def extract(
     mean_t = torch.tensor(mean, device=device)
     std_t = torch.tensor(std, device=device)
     n = len(split)
-    features = embeddings = None
+    stacked: list[Tensor] = []
     pin = out_device.type == "cpu" and device.type == "cuda"
 
     was_training = encoder.training
@@ -178,24 +199,24 @@ def extract(
             if device.type == "cuda" and cfg.pretrain.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with inference_autocast(cfg, device):
-                f, e = encoder.embed(x)
-            f, e = f.float(), e.float()
-            if features is None:
-                features = torch.empty(n, f.shape[1], device=out_device, pin_memory=pin)
-                embeddings = torch.empty(n, e.shape[1], device=out_device, pin_memory=pin)
-            stop = start + f.shape[0]
-            features[start:stop].copy_(f, non_blocking=pin)
-            embeddings[start:stop].copy_(e, non_blocking=pin)
+                rows = [row.float() for row in outputs(x)]
+            if not stacked:
+                stacked = [
+                    torch.empty(n, row.shape[1], device=out_device, pin_memory=pin) for row in rows
+                ]
+            stop = start + rows[0].shape[0]
+            for target, row in zip(stacked, rows, strict=True):
+                target[start:stop].copy_(row, non_blocking=pin)
             start = stop
     finally:
         encoder.train(was_training)
     if pin:
         torch.cuda.synchronize(device)
-    if features is None or embeddings is None or start != n:
+    if not stacked or start != n:
         raise InvpropError(
             f"the {split.name} split yielded {start} of {n} images; nothing to embed"
         )
-    return features, embeddings
+    return stacked
 
 
 # ---------------------------------------------------------------------------------------

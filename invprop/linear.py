@@ -18,9 +18,11 @@ on the frozen pooled backbone, trained with SGD on augmented images.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,24 +33,30 @@ from torch import Tensor
 
 from invprop.augment import AugmentConfig, BatchAugment, CroppedImageFiles
 from invprop.data.tensors import as_tensor, convert_channels, load_batches
-from invprop.inference import extract, inference_autocast, input_normalisation
+from invprop.errors import InvpropError
+from invprop.inference import extract_outputs, inference_autocast, input_normalisation
 from invprop.logs import track
 from invprop.sampling import holdout_split
 
 if TYPE_CHECKING:
-    from invprop.config import Config, LinearConfig
+    from invprop.config import Config, LinearConfig, LinearLayerConfig
     from invprop.models import Encoder
 
 __all__ = [
+    "LayerScores",
     "LinearProbeResult",
+    "TrainedClassifiers",
     "fit_logistic",
+    "layer_outputs",
     "lbfgs_probe",
+    "linear_classifier",
     "linear_eval_lr",
     "linear_metrics",
     "linear_probe",
     "sgd_augmented_probe",
     "standardise",
     "topk_accuracy",
+    "train_linear_classifiers",
 ]
 
 
@@ -68,6 +76,8 @@ class LinearProbeResult:
     best_on_test_top1: float | None = None
     best_on_test_top5: float | None = None
     best_on_test_epoch: int | None = None
+    # several layers (evaluate.linear.layers): layer name -> the figures above for it
+    layers: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,8 +213,9 @@ def linear_probe(
 
 
 def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
-    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen), and
-    {prefix}/authors_best_on_test/{top1,top5,epoch} when the protocol computed it."""
+    """{prefix}/{top1,top5,c,seconds,protocol} of a probe result (c only when chosen),
+    {prefix}/authors_best_on_test/{top1,top5,epoch} when the protocol computed it, and the
+    same for each layer, {prefix}/layers/<name>/..., when several were trained."""
     out: dict[str, Any] = {
         f"{prefix}/top1": result.top1,
         f"{prefix}/top5": result.top5,
@@ -217,6 +228,11 @@ def linear_metrics(prefix: str, result: LinearProbeResult) -> dict[str, Any]:
         out[f"{prefix}/authors_best_on_test/top1"] = result.best_on_test_top1
         out[f"{prefix}/authors_best_on_test/top5"] = result.best_on_test_top5
         out[f"{prefix}/authors_best_on_test/epoch"] = result.best_on_test_epoch
+    for name, figures in result.layers.items():
+        where = f"{prefix}/layers/{name}"
+        out[f"{where}/top1"], out[f"{where}/top5"] = figures["top1"], figures["top5"]
+        for key in ("top1", "top5", "epoch"):
+            out[f"{where}/authors_best_on_test/{key}"] = figures[f"best_on_test_{key}"]
     return out
 
 
@@ -347,30 +363,136 @@ def augmented_training_source(
     return source, augment.to(device)
 
 
-def sgd_augmented_probe(
+@dataclass
+class LayerScores:
+    """Test top-1/top-5 (fractions) of one layer's classifier: after training (``final``)
+    and at each scoring of the authors' protocol, as (epochs trained, top1, top5)."""
+
+    name: str
+    final: tuple[float, float]
+    scored: list[tuple[int, float, float]]
+
+    def figures(self) -> dict[str, float | int]:
+        """top1, top5 of the final classifier, and best_on_test_{top1,top5,epoch}: the best
+        scored top-1 (the first on a tie) and the epochs trained before it, the authors'
+        figure (selected on the test set)."""
+        epochs, top1, top5 = max(self.scored, key=lambda row: (row[1], -row[0]))
+        return {
+            "top1": self.final[0],
+            "top5": self.final[1],
+            "best_on_test_top1": top1,
+            "best_on_test_top5": top5,
+            "best_on_test_epoch": epochs,
+        }
+
+
+@dataclass
+class TrainedClassifiers:
+    """What `train_linear_classifiers` leaves: one classifier per layer of
+    evaluate.linear.layers, in order, and their scores."""
+
+    classifiers: list[torch.nn.Sequential]
+    scores: list[LayerScores]
+
+
+def _keep_pooled(
+    kept: dict[str, Tensor], name: str, grid: int, _module: Any, _inputs: Any, output: Tensor
+) -> None:
+    """Forward hook: keep `output` average-pooled to grid x grid and flattened, [B, C*g*g]
+    (channel-major, as the authors' Flatten), taken before any later in-place op."""
+    if output.dim() == 4:
+        kept[name] = F.adaptive_avg_pool2d(output, grid).flatten(1)
+    elif output.dim() == 2 and grid == 1:
+        kept[name] = output
+    else:
+        raise InvpropError(
+            f"evaluate.linear.layers: layer {name!r} gives outputs of shape "
+            f"{tuple(output.shape)}; grid {grid} needs [B, C, H, W] (or [B, F] with grid 1)"
+        )
+
+
+@contextlib.contextmanager
+def layer_outputs(
+    encoder: Encoder, layers: Sequence[LinearLayerConfig]
+) -> Iterator[Callable[[Tensor], list[Tensor]]]:
+    """A function x -> [the pooled, flattened output [B, D] of each layer] for one pass of
+    the backbone: ``features`` is the encoder's pooled output, any other name a module of
+    the backbone, read by a forward hook (removed on exit)."""
+    modules = dict(encoder.backbone.named_modules())
+    kept: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for layer in layers:
+            if layer.name == "features":
+                continue
+            if not layer.name or layer.name not in modules:
+                blocks = [name for name in modules if name and name.count(".") <= 1]
+                raise InvpropError(
+                    f"evaluate.linear.layers: the backbone has no layer {layer.name!r}; use "
+                    f"features or one of {', '.join(blocks)}"
+                )
+            hook = functools.partial(_keep_pooled, kept, layer.name, layer.grid)
+            handles.append(modules[layer.name].register_forward_hook(hook))
+
+        def outputs(x: Tensor) -> list[Tensor]:
+            features = encoder.features(x)
+            return [
+                features if layer.name == "features" else kept.pop(layer.name) for layer in layers
+            ]
+
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def linear_classifier(
+    in_dim: int, num_classes: int, lin: LinearConfig, generator: torch.Generator
+) -> torch.nn.Sequential:
+    """[BatchNorm1d(in_dim) unless lin.batchnorm is none] + Linear(in_dim, num_classes), its
+    weights zero (lin.init_std 0) or drawn N(0, init_std) from `generator`, biases zero."""
+    linear = torch.nn.Linear(in_dim, num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * lin.init_std)
+        linear.bias.zero_()
+    if lin.batchnorm == "none":
+        return torch.nn.Sequential(linear)
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(in_dim), linear)
+
+
+@torch.no_grad()
+def _test_accuracy(
+    classifier: torch.nn.Module, features: Tensor, labels: Tensor, chunk: int = 8192
+) -> tuple[float, float]:
+    """(top-1, top-5) of `classifier` in eval mode on test features, in chunks of rows."""
+    classifier.eval()
+    logits = torch.cat([classifier(part) for part in features.split(chunk)])
+    return topk_accuracy(logits, labels)
+
+
+def train_linear_classifiers(
     encoder: Encoder,
     prepared: Any,
     cfg: Config,
     device: str | torch.device | None = None,
-) -> LinearProbeResult:
-    """The authors' linear evaluation: a linear layer on the frozen, pooled backbone,
-    trained with SGD on augmented train images, scored on clean test images.
+) -> TrainedClassifiers:
+    """Train a linear classifier on each layer of evaluate.linear.layers of the frozen
+    encoder with SGD on augmented train images, and score them on clean test images.
 
-    Follows WangFeng18/InvariancePropagation@cad924e: downstream/linear_classification/
-    eval_linear.py for CIFAR (lr 30, x0.2 after epochs 40/60/80, 100 epochs) and
-    linear_classification.py for ImageNet (lr 1, x0.1 after 50/80/100, 120 epochs, a
-    BatchNorm before the linear layer): backbone in eval mode, SGD momentum 0.9, no weight
-    decay; lr, schedule, epochs, batch and the BatchNorm come from cfg.evaluate.linear.
-    Augmentation: `_linear_eval_augment`, applied with invprop.augment.BatchAugment. The
-    classifier starts at zero (theirs: small random weights).
-
-    Two figures: ``top1``/``top5`` of the final epoch's classifier (every setting fixed in
-    params beforehand, nothing looked up on test), and ``best_on_test_*``, the best test
-    accuracy over epochs, which is how the authors report (it selects on the test set).
-    Unlabeled train images (label -1) are skipped. Seeded: batch order and augmentation
-    are functions of (cfg.seed, epoch).
+    The authors' protocols, WangFeng18/InvariancePropagation@cad924e: downstream/
+    linear_classification/eval_linear.py for CIFAR (one classifier on the pooled features,
+    scored after each epoch) and linear_classification.py for ImageNet (a BatchNorm1d
+    before each classifier, kept in eval mode by ``network.eval()`` in ``train``, line 232,
+    so its running statistics stay 0 and 1; classifiers on 17 layers at once, of which
+    layers 13-16 are scored, each epoch before it is trained, lines 185-186 and 195-198).
+    Backbone in eval mode, SGD momentum 0.9, no weight decay, one optimizer for all the
+    classifiers (their losses are summed; each classifier's gradient is its own loss's, as
+    in the authors' sum); lr, schedule, epochs, batch, BatchNorm, initialisation, layers and
+    scoring order come from cfg.evaluate.linear. Augmentation: `_linear_eval_augment`,
+    applied with invprop.augment.BatchAugment. Unlabeled train images (label -1) are
+    skipped. Seeded: initial weights, batch order and augmentation are functions of
+    cfg.seed (and the epoch).
     """
-    start = time.perf_counter()
     lin = cfg.evaluate.linear
     dev = _device(device)
     encoder = encoder.to(dev).eval()  # frozen: BN running statistics, no gradients
@@ -383,55 +505,101 @@ def sgd_augmented_probe(
     source, augment = augmented_training_source(
         prepared.train, prepared.meta, cfg, dev, _linear_eval_augment(prepared.shape[1])
     )
-    # The encoder is frozen, so the clean test features are computed once.
-    test_features, _ = extract(encoder, prepared.test, prepared.meta, cfg, dev, out_device=dev)
-    test_labels = torch.from_numpy(np.array(prepared.test.labels, dtype=np.int64)).to(dev)
-    counted = test_labels >= 0
-    test_features, test_labels = test_features[counted], test_labels[counted]
-
-    linear = torch.nn.Linear(encoder.feature_dim, num_classes)
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    layers = [torch.nn.BatchNorm1d(encoder.feature_dim), linear] if lin.batchnorm else [linear]
-    classifier = torch.nn.Sequential(*layers).to(dev)
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lin.lr, momentum=0.9)
-    steps_per_epoch = math.ceil(rows.size / lin.batch_size)
-    total_steps = lin.epochs * steps_per_epoch
-    step = 0
-    best: tuple[float, float, int] = (-1.0, -1.0, 0)
-    for epoch in range(1, lin.epochs + 1):
-        classifier.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)
-        order = torch.randperm(rows.size, generator=generator)
-        batches = [rows[chunk.numpy()] for chunk in torch.split(order, lin.batch_size)]
-        steps = track(
-            source.batches(batches, cfg.seed, epoch),
-            f"linear layer, epoch {epoch}/{lin.epochs}",
-            total=len(batches),
-            images=lambda batch: len(batch[1]),
+    with layer_outputs(encoder, lin.layers) as outputs:
+        # The encoder is frozen, so the clean test features are computed once.
+        test_features = extract_outputs(
+            encoder, outputs, prepared.test, prepared.meta, cfg, dev, out_device=dev
         )
-        for images, index in steps:
-            for group in optimizer.param_groups:
-                group["lr"] = linear_eval_lr(lin, epoch, step, total_steps)
-            x = augment(images, index, cfg.seed, epoch)
-            with torch.no_grad(), inference_autocast(cfg, dev):
-                features = encoder.features(x)
-            loss = F.cross_entropy(classifier(features.float()), labels_dev[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        classifier.eval()
-        with torch.no_grad():
-            top1, top5 = topk_accuracy(classifier(test_features), test_labels)
-        if top1 > best[0]:
-            best = (top1, top5, epoch)
+        test_labels = torch.from_numpy(np.array(prepared.test.labels, dtype=np.int64)).to(dev)
+        counted = test_labels >= 0
+        test_features = [features[counted] for features in test_features]
+        test_labels = test_labels[counted]
+
+        weights = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 700_000)
+        classifiers = [
+            linear_classifier(features.shape[1], num_classes, lin, weights).to(dev)
+            for features in test_features
+        ]
+        parameters = [p for classifier in classifiers for p in classifier.parameters()]
+        optimizer = torch.optim.SGD(parameters, lr=lin.lr, momentum=0.9)
+        scored: list[list[tuple[int, float, float]]] = [[] for _ in classifiers]
+
+        def score(epochs_trained: int) -> None:
+            for history, classifier, features in zip(
+                scored, classifiers, test_features, strict=True
+            ):
+                history.append((epochs_trained, *_test_accuracy(classifier, features, test_labels)))
+
+        steps_per_epoch = math.ceil(rows.size / lin.batch_size)
+        total_steps = lin.epochs * steps_per_epoch
+        step = 0
+        for epoch in range(1, lin.epochs + 1):
+            if lin.test_scoring == "before_each_epoch":
+                score(epoch - 1)
+            for classifier in classifiers:
+                classifier.train(lin.batchnorm == "train")  # "eval": the authors' eval mode
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)
+            order = torch.randperm(rows.size, generator=generator)
+            batches = [rows[chunk.numpy()] for chunk in torch.split(order, lin.batch_size)]
+            steps = track(
+                source.batches(batches, cfg.seed, epoch),
+                f"linear layer, epoch {epoch}/{lin.epochs}",
+                total=len(batches),
+                images=lambda batch: len(batch[1]),
+            )
+            for images, index in steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = linear_eval_lr(lin, epoch, step, total_steps)
+                x = augment(images, index, cfg.seed, epoch)
+                with torch.no_grad(), inference_autocast(cfg, dev):
+                    inputs = outputs(x)
+                target = labels_dev[index]
+                loss = sum(
+                    F.cross_entropy(classifier(features.float()), target)
+                    for classifier, features in zip(classifiers, inputs, strict=True)
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            if lin.test_scoring == "after_each_epoch":
+                score(epoch)
+    return TrainedClassifiers(
+        classifiers,
+        [
+            LayerScores(layer.name, _test_accuracy(classifier, features, test_labels), history)
+            for layer, classifier, features, history in zip(
+                lin.layers, classifiers, test_features, scored, strict=True
+            )
+        ],
+    )
+
+
+def sgd_augmented_probe(
+    encoder: Encoder,
+    prepared: Any,
+    cfg: Config,
+    device: str | torch.device | None = None,
+) -> LinearProbeResult:
+    """The authors' linear evaluation (`train_linear_classifiers`) as a probe result.
+
+    Two figures for the last layer of evaluate.linear.layers: ``top1``/``top5`` of the
+    final classifier (every setting fixed in params beforehand, nothing looked up on test),
+    and ``best_on_test_*``, the best test accuracy over the scorings of
+    evaluate.linear.test_scoring, which is how the authors report (it selects on the test
+    set). With several layers, ``layers`` holds both figures for each of them.
+    """
+    start = time.perf_counter()
+    trained = train_linear_classifiers(encoder, prepared, cfg, device)
+    per_layer = {scores.name: scores.figures() for scores in trained.scores}
+    headline = per_layer[trained.scores[-1].name]
     return LinearProbeResult(
-        top1=top1,
-        top5=top5,
+        top1=float(headline["top1"]),
+        top5=float(headline["top5"]),
         seconds=time.perf_counter() - start,
         protocol="sgd_augmented",
-        best_on_test_top1=best[0],
-        best_on_test_top5=best[1],
-        best_on_test_epoch=best[2],
+        best_on_test_top1=float(headline["best_on_test_top1"]),
+        best_on_test_top5=float(headline["best_on_test_top5"]),
+        best_on_test_epoch=int(headline["best_on_test_epoch"]),
+        layers=per_layer if len(per_layer) > 1 else {},
     )

@@ -1,8 +1,9 @@
 """Backbones (by registry), projection heads and the encoder that InvP trains.
 
-``Encoder(backbone, in_channels, head, dim)`` is backbone -> pooled features ``[B, F]`` ->
-head -> L2-normalised embeddings ``[B, dim]``. The pooled features are what the linear probe,
-the kNN evaluation and transfer use; the embeddings are what the memory bank stores.
+``Encoder(backbone, in_channels, head, dim, head_init)`` is backbone -> pooled features
+``[B, F]`` -> head -> L2-normalised embeddings ``[B, dim]``. The pooled features are what
+the linear probe, the kNN evaluation and transfer use; the embeddings are what the memory
+bank stores.
 
 Backbones are registered by name with ``@register_backbone("name")``; a builder takes the
 number of input channels and returns a module ``[B, C, H, W] -> [B, F]`` with an integer
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "BACKBONES",
     "HEADS",
+    "HEAD_INITS",
     "Encoder",
     "build_backbone",
     "build_head",
@@ -167,13 +169,30 @@ HEADS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_head(kind: str, in_dim: int, dim: int) -> nn.Module:
+HEAD_INITS = ("torch", "xavier_uniform")
+
+
+def build_head(kind: str, in_dim: int, dim: int, init: str = "torch") -> nn.Module:
     """Projection head ``in_dim -> dim``: ``linear``; ``mlp_no_bn``, the authors' Linear-ReLU-Linear
     (hidden width ``in_dim``, no BatchNorm); ``mlp_hidden_bn``, the same with a BatchNorm
-    before the ReLU; ``mlp_hidden_out_bn``, that with a BatchNorm on the output as well."""
+    before the ReLU; ``mlp_hidden_out_bn``, that with a BatchNorm on the output as well.
+
+    ``init``: ``torch`` keeps PyTorch's default for its Linear layers; ``xavier_uniform``
+    gives them Xavier-uniform weights and zero biases, as the authors' ResNet-50 does
+    (models/resnet.py:139-141, WangFeng18/InvariancePropagation@cad924e; their CIFAR
+    ResNet-18, models/resnet_cifar.py, keeps PyTorch's default).
+    """
     if kind not in HEADS:
         raise _unknown("head", kind, HEADS)
-    return HEADS[kind](in_dim, dim)
+    if init not in HEAD_INITS:
+        raise _unknown("head initialisation", init, HEAD_INITS)
+    head = HEADS[kind](in_dim, dim)
+    if init == "xavier_uniform":
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+    return head
 
 
 class Encoder(nn.Module):
@@ -184,16 +203,20 @@ class Encoder(nn.Module):
     fp32 even under bf16 autocast, since the bank and the similarities are fp32).
     """
 
-    def __init__(self, backbone: str, in_channels: int, head: str, dim: int) -> None:
+    def __init__(
+        self, backbone: str, in_channels: int, head: str, dim: int, head_init: str = "torch"
+    ) -> None:
         super().__init__()
-        if head not in HEADS:  # check both names before building anything
+        if head not in HEADS:  # check the names before building anything
             raise _unknown("head", head, HEADS)
+        if head_init not in HEAD_INITS:
+            raise _unknown("head initialisation", head_init, HEAD_INITS)
         if dim < 1:
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
         self.backbone = build_backbone(backbone, in_channels)
         self.feature_dim: int = self.backbone.feature_dim
         self.dim = dim
-        self.head = build_head(head, self.feature_dim, dim)
+        self.head = build_head(head, self.feature_dim, dim, head_init)
 
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)

@@ -182,6 +182,7 @@ def training_step(
         weight=weight,
         positives=p.positives,
         background=p.background,
+        eps=p.loss_eps,
     )
     optimizer.zero_grad(set_to_none=True)
     (losses.total * loss_scale).backward()

@@ -56,6 +56,14 @@ def test_renamed_head_errors_are_one_line_and_name_the_new_value() -> None:
         assert (cfg.model.head, cfg.model.dim, cfg.seed) == (new, 16, 3)
         assert recorded["model"]["head"] == old  # not modified in place
     assert with_current_names({"seed": 1}) == {"seed": 1}
+    # a value renamed from a flag, two sections deep
+    old_flag = {"evaluate": {"linear": {"batchnorm": True, "lr": 1.0}}}
+    assert with_current_names(old_flag) == {
+        "evaluate": {"linear": {"batchnorm": "train", "lr": 1.0}}
+    }
+    assert with_current_names({"evaluate": {"linear": {"batchnorm": 1}}})["evaluate"] == {
+        "linear": {"batchnorm": 1}  # an integer was never the flag: validation names it
+    }
 
 
 def test_explicit_normalisation_needs_one_value_per_channel() -> None:
@@ -105,6 +113,35 @@ def test_override_sets_typed_value() -> None:
         ("augment.mean=[0.5]", "augment.mean and augment.std must be set together"),
         ("evaluate.linear.milestones=[40, 200]", "evaluate.linear.milestones = [40, 200] has"),
         ("pretrain.lr_milestones=[2, 9]", "pretrain.lr_milestones = [2, 9] has epochs past"),
+        ("pretrain.background=exclusive", "expected one of 'code', 'code_inclusive', 'paper'"),
+        ("pretrain.loss_eps=1", "pretrain.loss_eps = 1.0 is out of range: must be < 1"),
+        (
+            "evaluate.linear.batchnorm=true",
+            "evaluate.linear.batchnorm = True was renamed: use 'train' (the same thing); the "
+            "authors' ImageNet probe keeps it in eval mode: 'eval'",
+        ),
+        (
+            "evaluate.linear.batchnorm=false",
+            "evaluate.linear.batchnorm = False was renamed: use 'none'",
+        ),
+        ("evaluate.linear.layers=[]", "evaluate.linear.layers is empty"),
+        (
+            "evaluate.linear.layers=[{name: a}, {name: a}]",
+            "evaluate.linear.layers names a layer twice",
+        ),
+        ("evaluate.linear.layers=[{name: features, grid: 2}]", "features are pooled already"),
+        (
+            "evaluate.linear.layers=[{name: a, grid: 0}]",
+            "evaluate.linear.layers[0].grid = 0 is out",
+        ),
+        (
+            "evaluate.linear.layers=[{name: layer3}]",
+            "evaluate.linear.layers is for protocol sgd_aug",
+        ),
+        (
+            "model.head_init=xavier",
+            "model.head_init = 'xavier' is invalid: expected one of 'torch'",
+        ),
     ],
 )
 def test_bad_values_name_key_and_allowed(override: str, message: str) -> None:
@@ -160,6 +197,18 @@ def test_apply_preset_merges_validates_and_keeps_comments(tmp_path: Path) -> Non
     assert "# top comment" in text and "# short" in text
     assert (cfg.pretrain.epochs, cfg.pretrain.lr, cfg.model.backbone) == (9, 0.1, "resnet18_cifar")
     assert load_config(params) == cfg
+
+
+def test_apply_writes_small_and_large_floats_as_floats(tmp_path: Path) -> None:
+    # ruamel's 1e-07 would read back as a string under YAML 1.1 (PyYAML, the stages' reader)
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    preset = tmp_path / "p.yaml"
+    preset.write_text("pretrain:\n  loss_eps: 1.0e-7\n  lr: 2.5e+3\n")
+    apply_preset(params, preset)
+    written = yaml.safe_load(params.read_text())["pretrain"]
+    assert (written["loss_eps"], written["lr"]) == (1e-7, 2500.0)
+    assert "loss_eps: 1.0e-07" in params.read_text()
 
 
 def test_bad_preset_leaves_params_untouched(tmp_path: Path) -> None:

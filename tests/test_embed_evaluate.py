@@ -426,7 +426,7 @@ def test_sgd_probe_step_schedule_and_batchnorm_run(workdir):
         "batch_size": 16,
         "schedule": "step",
         "milestones": [1, 2],
-        "batchnorm": True,
+        "batchnorm": "train",
     }
     cfg = make_config(evaluate={"linear": linear, "baselines": {"pixels": False}})
     metrics = evaluate_stage.evaluate(cfg)

@@ -129,4 +129,11 @@ def test_imagenet_preset_runs_end_to_end(tmp_path: Path, preset_name: str) -> No
     fractions = {key: value for key, value in metrics.items() if FRACTION_KEY.search(key)}
     assert "invp/linear/top1" in fractions and "invp/knn_clean/features/k20/top1" in fractions
     assert "instance_discrimination/linear/top1" in fractions
+    # the authors' ImageNet probe: a classifier on each of the four blocks they score, the
+    # last (layer4.2, the pooled features) as the headline
+    for layer in ("layer3.5", "layer4.0", "layer4.1", "layer4.2"):
+        assert f"invp/linear/layers/{layer}/top1" in fractions
+        assert f"invp/linear/layers/{layer}/authors_best_on_test/top1" in fractions
+    assert metrics["invp/linear/top1"] == metrics["invp/linear/layers/layer4.2/top1"]
+    assert metrics["invp/linear/authors_best_on_test/epoch"] == 0  # scored before epoch 1 only
     assert all(0 <= value <= 1 for value in fractions.values()), fractions

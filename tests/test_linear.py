@@ -1,6 +1,11 @@
-"""The L-BFGS linear probe (invprop.linear): known answers, clean C selection, determinism."""
+"""The linear probes (invprop.linear): the L-BFGS probe (known answers, clean C selection,
+determinism) and the authors' SGD protocol (schedules, the eval-mode BatchNorm, several
+layers, scoring order) on a tiny network."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,13 +13,20 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from invprop.config import config_from_dict
+from invprop.data.prepared import PreparedDataset, Split
+from invprop.errors import InvpropError
 from invprop.linear import (
     fit_logistic,
+    layer_outputs,
     linear_eval_lr,
+    linear_metrics,
     linear_probe,
+    sgd_augmented_probe,
     standardise,
     topk_accuracy,
+    train_linear_classifiers,
 )
+from invprop.models import Encoder
 from invprop.sampling import holdout_split
 
 
@@ -175,3 +187,146 @@ def test_step_schedules_are_the_authors():
     cosine = config_from_dict({}).evaluate.linear
     assert linear_eval_lr(cosine, 1, 0, 10) == 30.0
     assert linear_eval_lr(cosine, 1, 5, 10) == pytest.approx(15.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' SGD protocol on a tiny network: small_cnn on 8 x 8 grey images of 2 classes
+
+
+def tiny_prepared(train: int = 24, test: int = 8) -> PreparedDataset:
+    """Two classes that differ in brightness, in memory (format "arrays")."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(train + test) % 2
+    images = rng.integers(0, 80, (train + test, 1, 8, 8)) + labels[:, None, None, None] * 120
+    images = images.astype(np.uint8)
+    meta = {
+        "dataset": "synthetic",
+        "format": "arrays",
+        "classes": ["dark", "bright"],
+        "shape": [1, 8, 8],
+        "mean": [0.4],
+        "std": [0.3],
+    }
+    return PreparedDataset(
+        Path("in-memory"),
+        meta,
+        Split("train", images[:train], labels[:train]),
+        Split("test", images[train:], labels[train:]),
+    )
+
+
+def sgd_config(**linear: object) -> object:
+    options = {"protocol": "sgd_augmented", "epochs": 3, "lr": 0.5, "batch_size": 8, **linear}
+    return config_from_dict(
+        {
+            "data": {"name": "synthetic", "image_size": 8, "channels": 1},
+            "evaluate": {"linear": options},
+            "transfer": {"targets": []},
+        }
+    )
+
+
+def tiny_encoder() -> Encoder:
+    torch.manual_seed(0)
+    return Encoder("small_cnn", 1, "linear", 8)
+
+
+def test_eval_mode_batchnorm_keeps_running_statistics_0_and_1_through_training():
+    """The authors' ImageNet probe: BatchNorm1d under network.eval() is a learned affine map."""
+    cfg = sgd_config(batchnorm="eval")
+    trained = train_linear_classifiers(tiny_encoder(), tiny_prepared(), cfg, "cpu")
+    norm = trained.classifiers[0][0]
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    assert torch.equal(norm.running_mean, torch.zeros(256))
+    assert torch.equal(norm.running_var, torch.ones(256))
+    assert norm.num_batches_tracked.item() == 0
+    # ...while its scale and shift did train, so it is x * gamma / sqrt(1 + eps) + beta
+    assert not torch.equal(norm.weight, torch.ones(256)) and norm.bias.abs().sum() > 0
+    x = torch.randn(5, 256)
+    norm.train()  # even in training mode it would now normalise; the probe never lets it
+    affine = x * norm.weight / math.sqrt(1 + norm.eps) + norm.bias
+    torch.testing.assert_close(norm.eval()(x), affine)
+    # a BatchNorm in training mode (batchnorm: train) does update its estimates
+    moved = train_linear_classifiers(tiny_encoder(), tiny_prepared(), sgd_config(batchnorm="train"))
+    assert moved.classifiers[0][0].num_batches_tracked.item() == 9  # 3 epochs x 3 batches
+    assert not torch.equal(moved.classifiers[0][0].running_var, torch.ones(256))
+
+
+@pytest.mark.parametrize(
+    ("scoring", "scored_epochs"),
+    [("after_each_epoch", [1, 2, 3]), ("before_each_epoch", [0, 1, 2])],
+)
+def test_scoring_order(scoring, scored_epochs):
+    cfg = sgd_config(test_scoring=scoring)
+    (scores,) = train_linear_classifiers(tiny_encoder(), tiny_prepared(), cfg, "cpu").scores
+    assert [row[0] for row in scores.scored] == scored_epochs
+    if scoring == "before_each_epoch":
+        # the untrained (zero) classifier first; the final one is never among the scorings
+        assert scores.scored[0][1:] == (0.5, 1.0)  # every logit 0: class 0, half the images
+    else:
+        assert scores.scored[-1][1:] == scores.final
+    figures = scores.figures()
+    best = max(scores.scored, key=lambda row: (row[1], -row[0]))
+    assert (figures["best_on_test_top1"], figures["best_on_test_epoch"]) == (best[1], best[0])
+    assert (figures["top1"], figures["top5"]) == scores.final
+
+
+def test_layers_are_the_pooled_outputs_of_the_named_modules():
+    encoder = tiny_encoder().eval()
+    layers = sgd_config(
+        layers=[{"name": "3", "grid": 2}, {"name": "features", "grid": 1}]
+    ).evaluate.linear.layers
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad(), layer_outputs(encoder, layers) as outputs:
+        conv, features = outputs(x)
+    with torch.no_grad():
+        by_hand = torch.nn.Sequential(*list(encoder.backbone)[:4])(x)  # 2nd conv: [4, 64, 4, 4]
+        want_conv = by_hand.reshape(4, 64, 2, 2, 2, 2).mean(dim=(3, 5)).flatten(1)
+        torch.testing.assert_close(conv, want_conv)  # 2 x 2 cells, channel-major
+        torch.testing.assert_close(features, encoder.features(x))
+    assert not encoder.backbone[3]._forward_hooks  # removed on exit
+    missing = sgd_config(layers=[{"name": "layer9"}]).evaluate.linear.layers
+    error = r"no layer 'layer9'; use features or one of 0, 1, 2"
+    with pytest.raises(InvpropError, match=error), layer_outputs(encoder, missing):
+        pass
+
+
+def test_a_classifier_trains_the_same_beside_others():
+    """Why the authors' 13 unscored heads can be left out: one optimizer over summed losses
+    gives each classifier exactly the gradient of its own loss."""
+    alone = train_linear_classifiers(tiny_encoder(), tiny_prepared(), sgd_config(), "cpu")
+    beside = sgd_config(layers=[{"name": "3", "grid": 2}, {"name": "features"}])
+    together = train_linear_classifiers(tiny_encoder(), tiny_prepared(), beside, "cpu")
+    for mine, theirs in zip(
+        alone.classifiers[0].parameters(), together.classifiers[1].parameters(), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    assert together.scores[1].scored == alone.scores[0].scored
+
+
+def test_initial_weights_zero_or_normal():
+    prepared = tiny_prepared()
+    zero = train_linear_classifiers(tiny_encoder(), prepared, sgd_config(epochs=1, lr=1e-9))
+    drawn = train_linear_classifiers(
+        tiny_encoder(), prepared, sgd_config(epochs=1, lr=1e-9, init_std=0.5)
+    )
+    assert zero.classifiers[0][0].weight.abs().max() < 1e-6
+    weight = drawn.classifiers[0][0].weight
+    assert weight.std().item() == pytest.approx(0.5, rel=0.2)
+    assert drawn.classifiers[0][0].bias.abs().max() < 1e-6
+
+
+def test_several_layers_report_each_and_the_last_as_the_headline():
+    layers = [{"name": "3", "grid": 2}, {"name": "features"}]
+    cfg = sgd_config(layers=layers, batchnorm="eval", test_scoring="before_each_epoch")
+    metrics = linear_metrics(
+        "invp/linear", sgd_augmented_probe(tiny_encoder(), tiny_prepared(), cfg)
+    )
+    for name in ("3", "features"):
+        for key in ("top1", "top5", "authors_best_on_test/top1", "authors_best_on_test/epoch"):
+            assert f"invp/linear/layers/{name}/{key}" in metrics
+    for key in ("top1", "top5", "authors_best_on_test/top1", "authors_best_on_test/epoch"):
+        assert metrics[f"invp/linear/{key}"] == metrics[f"invp/linear/layers/features/{key}"]
+    assert 0 <= metrics["invp/linear/authors_best_on_test/epoch"] <= 2
+    single = linear_metrics("p", sgd_augmented_probe(tiny_encoder(), tiny_prepared(), sgd_config()))
+    assert not any("/layers/" in key for key in single)

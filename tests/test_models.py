@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -130,6 +132,41 @@ def test_mlp_heads_match_a_plain_reference(kind, layers, in_dim, dim):
 def test_linear_head():
     head = build_head("linear", 512, 128)
     assert isinstance(head, nn.Linear) and tuple(head.weight.shape) == (128, 512)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp_no_bn", "mlp_hidden_bn"])
+def test_xavier_head_initialisation_is_the_authors(kind):
+    """models/resnet.py:139-141 (cad924e): every Linear Xavier-uniform, biases zero."""
+    torch.manual_seed(0)
+    head = build_head(kind, 256, 32, "xavier_uniform")
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    for linear in linears:
+        fan_out, fan_in = linear.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))  # Xavier-uniform: U(-bound, bound)
+        assert linear.weight.abs().max() <= bound
+        assert linear.weight.abs().max() > 0.9 * bound  # spread over the whole interval
+        assert linear.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    torch_default = build_head(kind, 256, 32)  # PyTorch's: U(+-1/sqrt(fan_in)), biases too
+    assert all(m.bias.abs().sum() > 0 for m in torch_default.modules() if isinstance(m, nn.Linear))
+    encoder = Encoder("small_cnn", 1, kind, 32, head_init="xavier_uniform")
+    assert all(
+        torch.equal(m.bias, torch.zeros_like(m.bias))
+        for m in encoder.head.modules()
+        if isinstance(m, nn.Linear)
+    )
+    with pytest.raises(ValueError, match=r"unknown head initialisation 'normal'.*torch"):
+        Encoder("small_cnn", 1, kind, 32, head_init="normal")
+
+
+def test_build_encoder_uses_the_configured_head_initialisation():
+    from invprop.checkpoint import build_encoder
+    from invprop.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"head": "linear", "head_init": "xavier_uniform"}})
+    head = build_encoder(cfg).head
+    assert torch.equal(head.bias, torch.zeros_like(head.bias))
+    assert build_encoder(config_from_dict({"model": {"head": "linear"}})).head.bias.abs().sum() > 0
 
 
 def test_unknown_names_list_the_allowed_ones():

@@ -15,6 +15,8 @@ directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
     invp/val/...                                             the same kNN and L-BFGS probe
                                                              keys on the validation part
     invp/linear/authors_best_on_test/{top1,top5,epoch}      sgd_augmented: best test epoch
+    invp/linear/layers/<layer>/{top1,top5}, .../authors_best_on_test/{top1,top5,epoch}
+                                                             each of several probed layers
     invp/epoch
     pixels/knn/k{K}/{top1,top5}, pixels/knn/seconds          raw-pixel baseline
     pixels/linear/{top1,top5,c,seconds,protocol}
@@ -26,10 +28,14 @@ directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
     evaluate/{seconds,device,num_classes,train_images,test_images}
 
 `linear/top1` is the honest figure: the final model, with C chosen on held-out train rows
-(`c`, L-BFGS) or every setting fixed in params beforehand (protocol sgd_augmented). For
-sgd_augmented, `linear/authors_best_on_test/{top1,top5,epoch}` sits beside it: the best test
-accuracy over the probe's epochs, as the authors report it (selected on the test set, so
-optimistic; for a like-with-like comparison with the paper only).
+(`c`, L-BFGS) or every setting fixed in params beforehand (protocol sgd_augmented), the
+final classifier of the last layer in evaluate.linear.layers. For sgd_augmented,
+`linear/authors_best_on_test/{top1,top5,epoch}` sits beside it: the best test accuracy over
+the probe's scorings, as the authors report it (selected on the test set, so optimistic;
+for a like-with-like comparison with the paper only); `epoch` counts the epochs trained
+before that scoring. With evaluate.linear.test_scoring before_each_epoch (the authors'
+ImageNet script) the scorings come before each epoch, so the final classifier is never
+among them and `epoch` runs from 0 (the untrained classifier) to epochs - 1.
 
 Validation: `{name}/val/...` score the held-out validation part of train (a class-stratified
 evaluate.val_fraction of the labelled train rows, drawn with data.seed, so every `seed`
