@@ -335,7 +335,7 @@ def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:
         "data": {"root": "123", "train_limit": "10000", "name": "digits"},
         "pretrain": {"epochs": "8", "lr": "0.1", "invp": "false", "precision": "fp32"},
         "augment": {"crop_scale": ["0.3", "1.0"]},
-        "evaluate": {"knn_k": ["20", "1"]},
+        "evaluate": {"knn_k": ["20", "1"], "linear": {"layers": [{"name": "4", "grid": "3"}]}},
         "embed": {"tags": ["final"]},
         "bogus": "1",
     }
@@ -344,7 +344,8 @@ def test_restore_types_reads_strings_as_the_values_they_stand_for() -> None:
         "data": {"root": "123", "train_limit": 10000, "name": "digits"},  # root is a string
         "pretrain": {"epochs": 8, "lr": 0.1, "invp": False, "precision": "fp32"},
         "augment": {"crop_scale": [0.3, 1.0]},
-        "evaluate": {"knn_k": [20, 1]},
+        # a list of mappings: each item typed as its own section (a name stays a string)
+        "evaluate": {"knn_k": [20, 1], "linear": {"layers": [{"name": "4", "grid": 3}]}},
         "embed": {"tags": ["final"]},
         "bogus": "1",  # unknown: left for validation to name
     }
