@@ -61,7 +61,7 @@ ERAS = {
 
 # The README commands, as written (README.md at the era's commit).
 COMMANDS = {
-    # cad924e README.md lines 12, 30, 32, 34 (the CIFAR/SVHN ones since dc92685)
+    # cad924e README.md lines 12, 30, 32, 34 (CIFAR since b7e753c, SVHN since dc92685)
     "imagenet-authors": (
         "cad924e",
         "--exp 'your_path' --n_background 4096 --t 0.2 --blur --cos --network 'resnet50' "
