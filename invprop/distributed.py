@@ -39,6 +39,7 @@ __all__ = [
     "Ranks",
     "all_gather_rows",
     "all_reduce_sum",
+    "barrier",
     "broadcast_",
     "process_group",
     "rank_device",
@@ -172,6 +173,12 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if _active():
         dist.all_reduce(tensor)
     return tensor
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if _active():
+        dist.barrier()
 
 
 def broadcast_(*tensors: Tensor) -> None:

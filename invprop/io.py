@@ -112,14 +112,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             if file.is_file():
                 with open(file, "rb+") as handle:
                     os.fsync(handle.fileno())
-        old = _temp_sibling(path, "old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(source: str | Path, path: str | Path) -> None:
+    """Move the complete folder `source` to `path` on the same file system, replacing what
+    is there: the previous folder is moved aside first and deleted only after the new one
+    is in place, so `path` holds the old folder or the new one, never a mix."""
+    source, path = Path(source), Path(path)
+    old = _temp_sibling(path, "old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(source, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

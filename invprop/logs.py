@@ -136,9 +136,11 @@ class _PlainHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def _rank() -> int:
-    # torchrun sets RANK; reading it here keeps this module free of torch.
-    return int(os.environ.get("RANK", "0") or 0)
+def launch_rank() -> int:
+    """This process's place among the processes of one run: torchrun's RANK, else
+    SLURM_PROCID (the per-node tasks of a multi-node launch), else 0. Read from the
+    environment, so this module stays free of torch."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
 def _interval_from_env() -> float:
@@ -177,7 +179,7 @@ def setup_logging(
     out = stream if stream is not None else sys.stderr
     if mode is None:
         mode = progress_mode(out)
-    quiet = verbosity < 0 or _rank() != 0
+    quiet = verbosity < 0 or launch_rank() != 0
     _settings = _Settings(stream, mode, interval, enabled=not quiet and mode != "off")
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):

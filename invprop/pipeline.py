@@ -8,13 +8,14 @@ Stage modules are imported only when their stage runs, so nothing heavy loads up
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
-import os
 import resource
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from invprop import workspace
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 from invprop.io import write_json
-from invprop.logs import get_logger, setup_logging
+from invprop.logs import get_logger, launch_rank, setup_logging
 
 STAGE_NAMES = (
     "prepare",
@@ -69,8 +70,8 @@ def footprint(wall_seconds: float) -> dict[str, float]:
 
 def record_footprint(report: Path, measured: dict[str, float]) -> None:
     """Add `measured` to the stage's report under "footprint" (creating the report when the
-    stage writes none). Under torchrun only rank 0 writes."""
-    if os.environ.get("RANK", "0") != "0":
+    stage writes none). Of the processes of a DDP launch only rank 0 writes."""
+    if launch_rank() != 0:
         return
     data: dict[str, Any] = json.loads(report.read_text()) if report.is_file() else {}
     write_json(report, data | {"footprint": measured})
@@ -111,15 +112,49 @@ def main(name: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     options = parser.parse_args(argv)
+    start = time.monotonic()
     try:
-        setup_logging(options.verbose - options.quiet)
-        cfg = load_config(options.params, options.overrides)
-        seconds = run_stage(name, cfg, options.args)
+        with stopped_by_sigterm():
+            setup_logging(options.verbose - options.quiet)
+            cfg = load_config(options.params, options.overrides)
+            seconds = run_stage(name, cfg, options.args)
     except InvpropError as exc:
         print(f"invprop {name}: error: {exc}", file=sys.stderr)
         return 2
+    except StoppedBySignal as stop:
+        print(
+            f"invprop {name}: stopped by SIGTERM after {time.monotonic() - start:.0f} s (SLURM "
+            "sends it when a job reaches its time limit or is cancelled). Every artifact "
+            "written so far is complete; run the stage again to finish it (a training stage "
+            "resumes from its last finished epoch, kept in models/in_progress/)",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     get_logger(name).info(f"done in {seconds:.1f} s")
     return 0
+
+
+class StoppedBySignal(Exception):
+    """SIGTERM arrived: raised in the main thread, so that `finally` blocks (temporary
+    files of atomic writes) run before the process ends."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into StoppedBySignal for the span of the block."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise StoppedBySignal(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # `python -m invprop.pipeline <stage> ...`, as torchrun starts it

@@ -9,8 +9,10 @@ instance_discrimination stages).
         (table rebuilt, when pretrain.table_refresh asks), table purity, kNN monitor on the
         bank, dvclive log, (snapshot +) last.pt written atomically
 
-Resuming: `models/pretrain/last.pt` carries everything (model, optimizer, bank, table,
-epoch, history) plus the hash of the params that shape training. A restart with the same
+Resuming: last.pt carries everything (model, optimizer, bank, table, epoch, history) plus
+the hash of the params that shape training. Training writes it to
+`models/in_progress/pretrain/`, which neither orchestrator clears when a job fails, and
+publishes the finished run to `models/pretrain/` (TrainingRun). A restart with the same
 params continues from it; with other params it starts afresh and says so. Every random
 draw is a function of (seed, epoch, sample index) or (seed, epoch), so an interrupted and
 resumed CPU run ends bit-identical to an uninterrupted one.
@@ -50,6 +52,7 @@ from invprop.distributed import (
     Ranks,
     all_gather_rows,
     all_reduce_sum,
+    barrier,
     broadcast_,
     process_group,
     rank_device,
@@ -220,8 +223,9 @@ def check_fits(cfg: Config, n: int, world_size: int = 1) -> None:
         )
 
 
-def resume_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None to start afresh (with the reason logged)."""
+def _last_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
+    """The state of `run`'s last.pt (or its last good snapshot when last.pt is damaged)
+    when it was trained with these params, else None (the reason logged)."""
     last = run.last
     if not last.exists():
         return None
@@ -238,11 +242,30 @@ def resume_state(cfg: Config, run: TrainingRun) -> dict[str, Any] | None:
             LOG.warning(f"resuming from the last good snapshot {snapshot} instead")
             break
         else:
-            LOG.warning("no usable snapshot either; starting afresh")
+            LOG.warning(f"no usable snapshot in {run.checkpoints} either")
             return None
     if state["params_hash"] != training_hash(cfg):
-        LOG.info(f"params changed since {last} was written; starting afresh")
+        LOG.info(f"params changed since {last} was written; not resuming from it")
         return None
+    return state
+
+
+def resume_state(cfg: Config, run: TrainingRun, ranks: Ranks) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start afresh, with the in-progress folder
+    ready for training. Rank 0 chooses: the interrupted training of these params first,
+    then the finished run of these params (a rerun: nothing left to train), else an empty
+    folder; the other ranks then read what it chose."""
+    if not ranks.is_main:
+        barrier()
+        return _last_state(cfg, run.training())
+    state = _last_state(cfg, run.training())
+    if state is None:
+        state = _last_state(cfg, run)
+        if state is not None:
+            run.continue_finished()
+        else:
+            run.discard_in_progress()
+    barrier()
     return state
 
 
@@ -332,7 +355,8 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         cfg.augment, cfg.data.image_size, mean, std, crop=not data.crops_in_workers
     ).to(device)
 
-    previous = resume_state(cfg, run)
+    previous = resume_state(cfg, run, ranks)
+    checkpoints = run.training()  # published by run.publish() once training is done
     if previous is not None:
         state.restore(previous)
         LOG.info(f"resuming from epoch {state.epoch} of {p.epochs}")
@@ -415,7 +439,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         if not all(math.isfinite(v) for v in means):
             raise InvpropError(
                 f"the loss became {means[0]} in epoch {epoch}; stopped without saving it. "
-                f"The last good checkpoint ({run.last}, epoch {state.epoch}) is kept; "
+                f"The last good checkpoint ({checkpoints.last}, epoch {state.epoch}) is kept; "
                 "lower pretrain.lr or use precision fp32"
             )
         state.epoch = epoch
@@ -446,13 +470,14 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         # The snapshot first: until last.pt says this epoch is done, a restart redoes the
         # epoch and so rewrites a snapshot that a kill cut short.
         if epoch in p.snapshot_epochs:
-            save_checkpoint(run.snapshot(epoch), checkpoint)
-        save_checkpoint(run.last, checkpoint)
+            save_checkpoint(checkpoints.snapshot(epoch), checkpoint)
+        save_checkpoint(checkpoints.last, checkpoint)
 
     if live is not None:
         live.end()
     if ranks.is_main:
-        save_checkpoint(run.final, state.to_checkpoint(cfg))
+        save_checkpoint(checkpoints.final, state.to_checkpoint(cfg))
+        run.publish()
     last = state.history[-1]
     summary = {
         "epochs": state.epoch,

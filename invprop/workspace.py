@@ -9,6 +9,7 @@ Paths are relative to the workspace root, the folder holding dvc.yaml; functions
     data/prepared/<dataset>/             prepare           prepared_dir, prepared_dataset
     models/<run>/last.pt, final.pt,      pretrain,         TrainingRun (PRETRAIN,
       snapshots/epoch_NNNN.pt            instance_discr.   INSTANCE_DISCRIMINATION)
+    models/in_progress/<run>/            (the same)        TrainingRun.training()
     dvclive/<run>/plots/metrics/*.tsv    the same          TrainingRun.metrics
     artifacts/embeddings/<tag>/          embed             load_embeddings, save_embeddings
     artifacts/embeddings/instance_discrimination/          (the same)
@@ -23,8 +24,11 @@ Paths are relative to the workspace root, the folder holding dvc.yaml; functions
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +45,7 @@ from invprop.io import (
     file_sha256,
     load_npz,
     read_json,
+    replace_dir,
     save_npz,
     write_json,
 )
@@ -201,10 +206,42 @@ def prepared_train_labels(dataset: str, root: str | Path = ".") -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """Where one pretraining run keeps its checkpoints and its dvclive curves."""
+    """Where one pretraining run keeps its checkpoints and its dvclive curves.
+
+    `checkpoints` holds a finished run only. While it trains, its checkpoints go to
+    `in_progress` (models/in_progress/<run>/), a folder no orchestrator clears: Snakemake
+    deletes, or rolls back, the outputs of a failed job, and DVC clears a stage's outputs
+    before running it, so a resume point inside the output would go with the job that
+    wrote it. `publish` moves the finished run into place.
+    """
 
     checkpoints: Path  # last.pt, final.pt, snapshots/epoch_NNNN.pt
     curves: Path  # the dvclive folder
+
+    @property
+    def in_progress(self) -> Path:
+        return self.checkpoints.parent / "in_progress" / self.checkpoints.name
+
+    def training(self) -> TrainingRun:
+        """The same run with its checkpoints in the in-progress folder: where training
+        writes last.pt, the snapshots and final.pt."""
+        return TrainingRun(self.in_progress, self.curves)
+
+    def continue_finished(self) -> None:
+        """Make the in-progress folder a copy of the finished run, to continue from its
+        last.pt. Hard links: a checkpoint write replaces a file, never changes it."""
+        self.discard_in_progress()
+        shutil.copytree(self.checkpoints, self.in_progress, copy_function=os.link)
+
+    def discard_in_progress(self) -> None:
+        shutil.rmtree(self.in_progress, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Move the finished training (in_progress) to `checkpoints`, replacing the
+        previous run there, which stays until then."""
+        replace_dir(self.in_progress, self.checkpoints)
+        with contextlib.suppress(OSError):  # models/in_progress/, once no run is in it
+            self.in_progress.parent.rmdir()
 
     @property
     def last(self) -> Path:

@@ -1,15 +1,20 @@
-"""Run stages/pretrain.py and SIGKILL it at an exact point (test-only, for tests/test_train.py).
+"""Run stages/pretrain.py and SIGKILL it at an exact point, or hold it there to be killed
+from outside (test-only, for tests/test_train.py and tests/test_slurm.py).
 
-    python tests/pretrain_killed_at.py step N             # inside the N-th training step
-    python tests/pretrain_killed_at.py save NAME FRACTION  # inside the write of NAME
+    python tests/pretrain_killed_at.py step N [ARGS]             # inside the N-th step
+    python tests/pretrain_killed_at.py save NAME FRACTION [ARGS]  # inside the write of NAME
+    python tests/pretrain_killed_at.py hold EPOCH MARKER [ARGS]   # after last.pt of EPOCH
 
 `step N`: right after the N-th optimizer step of this process, before the step refreshes
 the memory bank, so the model and bank in memory are half-way through a step.
 `save NAME FRACTION`: in the first save_checkpoint of a file called NAME, once FRACTION
 of the checkpoint's bytes are in the temporary file and before it is renamed into place.
-The process kills itself, so the point is exact and no timing is involved; if the point
-is never reached the stage finishes normally (exit 0), which the caller treats as a
-failure.
+`hold EPOCH MARKER`: once last.pt of epoch EPOCH is written, create the file MARKER and
+wait to be killed (scancel, a SLURM time limit); with MARKER already there, the run is
+left alone, so a retry trains to the end.
+The process kills itself (or waits), so the point is exact and no timing is involved; if
+the point is never reached the stage finishes normally (exit 0), which the caller treats
+as a failure. ARGS go to the stage (e.g. --params FILE).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +70,37 @@ def kill_in_save(name: str, fraction: float) -> None:
     torch.save = save
 
 
+def hold_after(epoch: int, marker: Path) -> None:
+    if marker.exists():
+        return
+    import invprop.training
+
+    real_save = invprop.training.save_checkpoint
+
+    def save(path: str | Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if Path(path).name == "last.pt" and state["epoch"] == epoch:
+            marker.touch()
+            while True:
+                time.sleep(1)
+
+    invprop.training.save_checkpoint = save
+
+
 def main(argv: list[str]) -> None:
     kind, *args = argv
     if kind == "step":
         kill_in_step(int(args[0]))
+        rest = args[1:]
     elif kind == "save":
         kill_in_save(args[0], float(args[1]))
+        rest = args[2:]
+    elif kind == "hold":
+        hold_after(int(args[0]), Path(args[1]))
+        rest = args[2:]
     else:
         raise SystemExit(__doc__)
-    sys.argv = [str(STAGE)]
+    sys.argv = [str(STAGE), *rest]
     runpy.run_path(str(STAGE), run_name="__main__")
 
 

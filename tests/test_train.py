@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,7 @@ def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Pa
     train(tiny_config(), TrainingRun(reference / "models", reference / "live"))
 
     draw = random.Random(8)
-    out = workdir / "models/pretrain"
+    work, out = workdir / "models/in_progress/pretrain", workdir / "models/pretrain"
     # (how the process dies, epoch of last.pt after it (None: no last.pt), what is cut)
     kills = [
         (["save", "epoch_0001.pt", f"{draw.uniform(0.05, 0.95):.3f}"], None, "epoch_0001.pt"),
@@ -213,14 +214,15 @@ def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Pa
     for how, last_epoch, cut in kills:
         killed = subprocess.run([*command, *how], env=env, capture_output=True, text=True)
         assert killed.returncode == -signal.SIGKILL, (how, killed.stderr[-2000:])
-        visible = [p for p in out.rglob("*.pt") if not p.name.startswith(".")]
+        assert not out.exists(), how  # published only once training is done
+        visible = [p for p in work.rglob("*.pt") if not p.name.startswith(".")]
         epochs = {p.name: load_checkpoint(p)["epoch"] for p in visible}  # each loads whole
         assert epochs.get("last.pt") == last_epoch, (how, epochs)
         assert "final.pt" not in epochs, how
         if cut is not None:
             if cut != "last.pt":  # the old last.pt stays visible, checked above
                 assert cut not in epochs, (how, epochs)
-            partial = list(out.rglob(f".{cut}.tmp-*"))
+            partial = list(work.rglob(f".{cut}.tmp-*"))
             assert len(partial) == 1 and partial[0].stat().st_size > 0, (how, partial)
             with pytest.raises(InvpropError, match="truncated or corrupt"):
                 load_checkpoint(partial[0])
@@ -235,6 +237,7 @@ def test_sigkills_in_steps_and_inside_checkpoint_writes_lose_nothing(workdir: Pa
             load_checkpoint(reference / "models" / name), load_checkpoint(out / name)
         ), name
     assert [p.name for p in out.rglob(".*")] == [], "stray temporary files were left behind"
+    assert not work.parent.exists(), "the finished run stays in models/in_progress"
     for curve in ("loss", "loss_invariance", "knn_bank_top1"):
         tsv = f"plots/metrics/{curve}.tsv"
         assert (workdir / "dvclive/pretrain" / tsv).read_text() == (
@@ -285,8 +288,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     monkeypatch.setattr(train_module, "ramp_weight", poisoned)
     with pytest.raises(InvpropError, match=r"loss became nan in epoch 2.*epoch 1\) is kept"):
         train(tiny_config())
-    assert load_checkpoint("models/pretrain/last.pt")["epoch"] == 1
-    assert not Path("models/pretrain/final.pt").exists()
+    assert load_checkpoint("models/in_progress/pretrain/last.pt")["epoch"] == 1
+    assert not Path("models/pretrain").exists()
 
 
 def test_background_larger_than_bank_is_refused_before_work(workdir: Path) -> None:
@@ -325,3 +328,28 @@ def test_checkpoint_bytes_depend_only_on_their_content(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "a.pt", state)
     save_checkpoint(tmp_path / "b.pt", state)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_sigterm_says_what_happened_and_the_rerun_resumes(workdir: Path) -> None:
+    """A SLURM time limit or scancel sends SIGTERM: one line says so, the finished epochs
+    stay in models/in_progress/ (no orchestrator clears it) and a rerun resumes there."""
+    held = workdir / "held"
+    command = [sys.executable, str(ROOT / "tests/pretrain_killed_at.py"), "hold", "1", str(held)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not held.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.exists(), process.stderr.read() if process.poll() is not None else "timed out"
+    process.send_signal(signal.SIGTERM)
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "invprop pretrain: stopped by SIGTERM after" in err
+    assert "Traceback" not in err
+    work = workdir / "models/in_progress/pretrain"
+    assert load_checkpoint(work / "last.pt")["epoch"] == 1
+    assert [p.name for p in work.rglob(".*")] == []  # no temporary file left behind
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)  # held exists
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming from epoch 1 of 3" in finished.stderr
+    assert load_checkpoint(workdir / "models/pretrain/final.pt")["epoch"] == 3
