@@ -213,11 +213,13 @@ class Table:
         if widths is None:
             parts.append(Text("\n".join(self._blocks(width))))
         else:
+            # Text, not str: a cell such as "[final, epoch_0001]" is not rich markup.
             grid = RichTable(box=box.HEAVY_HEAD)
             for name, w in zip(self.columns, widths, strict=True):
-                grid.add_column("\n".join(wrap(name, w)), width=w, no_wrap=True)
+                grid.add_column(Text("\n".join(wrap(name, w))), width=w, no_wrap=True)
             for row in self.rows:
-                grid.add_row(*("\n".join(wrap(c, w)) for c, w in zip(row, widths, strict=True)))
+                cells = zip(row, widths, strict=True)
+                grid.add_row(*(Text("\n".join(wrap(cell, w))) for cell, w in cells))
             parts.append(grid)
         for note in self.notes:
             parts.append(

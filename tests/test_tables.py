@@ -362,3 +362,8 @@ def test_a_table_too_wide_for_its_words_prints_one_block_per_row():
         "          discrimination",
         "  kNN     not run (evaluate.",
     ]
+
+
+def test_cells_are_text_not_rich_markup():
+    table = Table("params", ["key", "value"], [["embed.tags", readable(["final", "epoch_0010"])]])
+    assert "[final, epoch_0010]" in render(table)  # rich would take [final, ...] for a tag
