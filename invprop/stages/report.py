@@ -11,6 +11,7 @@ before drawing anything and names the stage to run when one is missing):
                                             loss_invariance, lr; knn_bank_top1 optional
     artifacts/embeddings/final/             required (embed): test embeddings for the map
     artifacts/graph/final/                  required (graph): neighbours for the grids
+    artifacts/{embeddings,graph}/<tag>/     required (embed, graph): the explorer page
     artifacts/propagation/final/stats.json  required (propagate): purity per hop and epoch
     data/prepared/<data.name>/              required (prepare): images and class names
 
@@ -18,9 +19,9 @@ Writes, atomically, `reports/figures/` (one folder, replaced whole), `reports/pl
 purity charts as data for `dvc plots`), `reports/explorer/` and then `reports/report.md`,
 which links every figure with a one-line caption. Optional inputs that are absent (no
 transfer.json, no snapshots, a baseline switched off, the kNN monitor off) appear as
-"not run", never as made-up numbers. The markdown holds no timestamps; the tables are
-`invprop.tables`' and the figures `invprop.figures'`, so the same inputs give
-byte-identical files.
+"not run", never as made-up numbers. The tables come from invprop.tables (which
+`invprop metrics --table` prints too) and the figures from invprop.figures; the markdown
+holds no timestamps, so the same inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from invprop.workspace import (
     REPORT_MD,
     REPORTS_DIR,
     STATS_FILE,
+    EmbeddingSet,
     embeddings_dir,
     graph_dir,
     load_checked_graph,
@@ -89,23 +91,19 @@ def _require(path: Path, stage: str) -> Path:
     return path
 
 
-def _check_inputs(cfg: Config) -> dict[str, Path]:
+def _check_inputs(cfg: Config) -> None:
     """Every required input, checked before any drawing starts."""
-    reports = StageReports(REPORTS_DIR)
-    reports.require("evaluate")
-    paths = {
-        "curves": _require(PRETRAIN.metrics, "pretrain"),
-        "embeddings": _require(embeddings_dir(TAG) / EMBEDDINGS_FILE, f"embed@{TAG}"),
-        "graph": _require(graph_dir(TAG) / GRAPH_FILE, f"graph@{TAG}"),
-        "propagation": _require(propagation_dir(TAG) / STATS_FILE, f"propagate@{TAG}"),
-        "prepared": _require(prepared_dir(cfg.data.name) / META_FILE, "prepare"),
-    }
+    StageReports(REPORTS_DIR).require("evaluate")
+    _require(PRETRAIN.metrics, "pretrain")
+    _require(embeddings_dir(TAG) / EMBEDDINGS_FILE, f"embed@{TAG}")
+    _require(graph_dir(TAG) / GRAPH_FILE, f"graph@{TAG}")
+    _require(propagation_dir(TAG) / STATS_FILE, f"propagate@{TAG}")
+    _require(prepared_dir(cfg.data.name) / META_FILE, "prepare")
     for name in ("loss", "lr"):
         _require(PRETRAIN.metrics / f"{name}.tsv", "pretrain")
     for tag in cfg.embed.tags:  # the explorer page shows every tag
         _require(embeddings_dir(tag) / EMBEDDINGS_FILE, f"embed@{tag}")
         _require(graph_dir(tag) / GRAPH_FILE, f"graph@{tag}")
-    return paths
 
 
 def read_curves(folder: str | Path = PRETRAIN.metrics) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -141,7 +139,9 @@ def _figure(name: str, alt: str, caption: str) -> list[str]:
     return [f"![{alt}](figures/{name})", "", f"*{caption}*", ""]
 
 
-def _training(curves: dict, reports: StageReports, folder: Path) -> list[str]:
+def _training(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], reports: StageReports, folder: Path
+) -> list[str]:
     plot_training_curves(curves, folder / "training_curves.png")
     md = _figure(
         "training_curves.png",
@@ -172,7 +172,7 @@ def _training(curves: dict, reports: StageReports, folder: Path) -> list[str]:
     )
 
 
-def _propagation(reports: StageReports, folder: Path, stats_path: Path) -> list[str]:
+def _propagation(reports: StageReports, folder: Path) -> list[str]:
     stats = load_propagation_stats(TAG)
     md = [propagation_table(stats, reports.get(f"graph_{TAG}")).markdown(), ""]
     plot_purity_hop(stats, folder / "purity_hop.png")
@@ -186,7 +186,8 @@ def _propagation(reports: StageReports, folder: Path, stats_path: Path) -> list[
         return [
             *md,
             "Positive purity against epoch: not run (no pretrain snapshots in "
-            f"{stats_path}; set pretrain.snapshot_epochs and rerun pretrain and propagate).",
+            f"{propagation_dir(TAG) / STATS_FILE}; set pretrain.snapshot_epochs and rerun "
+            "pretrain and propagate).",
             "",
         ]
     plot_purity_epoch(
@@ -230,7 +231,7 @@ def _neighbour_grids(cfg: Config, labels: np.ndarray, folder: Path) -> list[str]
     return md
 
 
-def _maps(cfg: Config, embeddings: dict, classes: list[str], folder: Path) -> list[str]:
+def _maps(cfg: Config, embeddings: EmbeddingSet, classes: list[str], folder: Path) -> list[str]:
     written = draw_embedding_maps(
         embeddings["test_embeddings"],
         embeddings["test_labels"],
@@ -258,7 +259,7 @@ def _maps(cfg: Config, embeddings: dict, classes: list[str], folder: Path) -> li
 
 def build_report(cfg: Config, folder: Path) -> str:
     """Draw every figure into `folder` and return the markdown that links them."""
-    paths = _check_inputs(cfg)
+    _check_inputs(cfg)
     reports = StageReports(REPORTS_DIR)
     embeddings = load_embeddings(embeddings_dir(TAG))
     classes = prepared_dataset(cfg.data.name).classes
@@ -279,9 +280,9 @@ def build_report(cfg: Config, folder: Path) -> str:
     for table in results_tables(reports, cfg, running="report"):
         md += [table.markdown(), ""]
     LOG.info("training curves")
-    md += ["## Training", "", *_training(read_curves(paths["curves"]), reports, folder)]
+    md += ["## Training", "", *_training(read_curves(), reports, folder)]
     LOG.info("propagation purity")
-    md += ["## Propagated positives", "", *_propagation(reports, folder, paths["propagation"])]
+    md += ["## Propagated positives", "", *_propagation(reports, folder)]
     LOG.info(f"{cfg.report.anchors} neighbour grids")
     md += ["## Neighbours and positives of a few images", ""]
     md += _neighbour_grids(cfg, embeddings["train_labels"], folder)
