@@ -11,8 +11,11 @@ Compared, run A against run B:
 
 - prepared data and the files of every other cached artifact (embeddings, graphs,
   propagation snapshots, transfer): byte for byte (sha256), except JSON, compared parsed;
-- checkpoints (models/pretrain/*.pt) tensor by tensor: model, bank (vectors and
-  neighbour table), optimizer state, and the other fields (epoch, config, history);
+- checkpoints (models/pretrain/ and models/instance_discrimination/) tensor by tensor:
+  model, bank (vectors and neighbour table), optimizer state, and the other fields
+  (epoch, config, history);
+- the report's figures, plot data and explorer page byte for byte, and report.md without
+  the columns that measure time;
 - every metric in reports/*.json and each row of the dvclive training curves.
 
 Keys that measure time or speed (seconds, images_per_second, ...) are left out, and so is
@@ -44,6 +47,8 @@ from run_comparison import MEASURED_COLUMN, TIMING_KEY, without_timing
 
 BIN = Path(sys.executable).parent
 ARTIFACT_ROOTS = ("data/prepared", "artifacts")
+TRAINING_RUNS = ("models/pretrain", "models/instance_discrimination")
+REPORT_FOLDERS = ("reports/figures", "reports/plots", "reports/explorer")
 # The parts of a checkpoint that hold tensors (invprop.training.TrainState.to_checkpoint).
 TENSOR_PARTS = ("model", "bank", "optimizer")
 
@@ -190,11 +195,12 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
                 unexpected.append(f"{rel}: bytes differ")
 
     # Checkpoints: every tensor, and the other fields without timings.
-    ckpts_a, ckpts_b = files_under(run_a, "models/pretrain"), files_under(run_b, "models/pretrain")
+    ckpts_a, ckpts_b = {}, {}
+    for folder in TRAINING_RUNS:
+        ckpts_a |= files_under(run_a, folder)
+        ckpts_b |= files_under(run_b, folder)
     if sorted(ckpts_a) != sorted(ckpts_b):
-        unexpected.append(
-            f"models/pretrain: file lists differ {sorted(set(ckpts_a) ^ set(ckpts_b))}"
-        )
+        unexpected.append(f"checkpoints: file lists differ {sorted(set(ckpts_a) ^ set(ckpts_b))}")
     for rel in sorted(set(ckpts_a) & set(ckpts_b)):
         counts["files"] += 1
         state_a = load_checkpoint(ckpts_a[rel])
@@ -227,13 +233,16 @@ def compare(run_a: Path, run_b: Path) -> dict[str, Any]:
             expected.append(f"{name}: keys {sorted(dropped)}")
 
     # The report: figures by bytes, the markdown without its timing columns.
-    for path_a in sorted((run_a / "reports" / "figures").glob("*")):
-        counts["files"] += 1
-        rel = path_a.relative_to(run_a)
-        if file_sha256(path_a) == file_sha256(run_b / rel):
-            equal.append(f"{rel} (bytes)")
-        else:
-            unexpected.append(f"{rel}: bytes differ")
+    for folder in REPORT_FOLDERS:
+        files_a, files_b = files_under(run_a, folder), files_under(run_b, folder)
+        if sorted(files_a) != sorted(files_b):
+            unexpected.append(f"{folder}: file lists differ {sorted(set(files_a) ^ set(files_b))}")
+        for rel in sorted(set(files_a) & set(files_b)):
+            counts["files"] += 1
+            if file_sha256(files_a[rel]) == file_sha256(files_b[rel]):
+                equal.append(f"{rel} (bytes)")
+            else:
+                unexpected.append(f"{rel}: bytes differ")
     report_a, report_b = (run / "reports" / "report.md" for run in (run_a, run_b))
     counts["files"] += 1
     lines_a = without_timing_columns(report_a.read_text())

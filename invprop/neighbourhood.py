@@ -1,11 +1,11 @@
-"""One image's neighbours and propagated positives, as data and as a PNG grid.
+"""One image's neighbours and propagated positives, as data (`invprop.figures.draw_grid`
+draws them).
 
 Shared by `invprop graph neighbours`, `invprop propagate show` and the report stage.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -110,77 +110,3 @@ def inspect_anchor(
         result[kind] = [_entry(j, s, labels, own, classes) for j, s in zip(ids, sims, strict=True)]
         result[f"{kind}_purity"] = _purity(result[kind])
     return result
-
-
-def _image(prepared: Any, index: int) -> Any:
-    array = np.asarray(prepared.train.images[index])  # uint8 (C, H, W)
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
-
-
-def _spread(entries: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` entries evenly spaced through a similarity-sorted list (ends kept)."""
-    if len(entries) <= count:
-        return entries
-    picks = sorted({round(i * (len(entries) - 1) / (count - 1)) for i in range(count)})
-    return [entries[i] for i in picks]
-
-
-def draw_grid(
-    result: dict[str, Any],
-    prepared: Any,
-    out: Path,
-    show: int,
-    metadata: dict[str, Any] | None = None,
-) -> None:
-    """A PNG: one row each for the neighbours, the positives of each hop and the hard ones;
-    every image titled with its class and similarity, framed green (same label) or red.
-    `metadata` goes to savefig (e.g. {"Software": None} for byte-stable PNGs)."""
-    if prepared is None:
-        raise InvpropError(
-            "the PNG needs the prepared images (data/prepared/<dataset>), which are missing; "
-            "run the prepare stage or drop --out"
-        )
-    # matplotlib only when a PNG is asked for, and pyplot after the file-only Agg backend
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows: list[tuple[str, list[dict[str, Any]]]] = []
-    if "neighbours" in result:
-        rows.append(("nearest", result["neighbours"][:show]))
-    for hop in result["positives_by_hop"]:
-        rows.append((f"hop {hop['hop']}\n({hop['size']})", _spread(hop["members"], show)))
-    rows.append((f"hard\n({len(result['hard'])})", result["hard"][:show]))
-    cols = show + 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.35 * cols, 1.6 * len(rows)), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    for r, (name, entries) in enumerate(rows):
-        head = axes[r, 0]
-        if r == 0:
-            image = _image(prepared, result["index"])
-            head.imshow(image, cmap="gray" if image.ndim == 2 else None)
-            head.set_title(f"#{result['index']}\n{result['class']}", fontsize=7, fontweight="bold")
-        head.set_ylabel(name, fontsize=8)
-        for c, entry in enumerate(entries, start=1):
-            ax = axes[r, c]
-            image = _image(prepared, entry["id"])
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-            ax.set_title(f"{entry['class']}\n{entry['sim']:.3f}", fontsize=6)
-            for spine in ax.spines.values():
-                spine.set_visible(True)
-                spine.set_color("tab:green" if entry["same_label"] else "tab:red")
-                spine.set_linewidth(2)
-    fig.suptitle(
-        f"{result['tag']}: image {result['index']} ({result['class']}), k={result['k']}, "
-        f"hops={result['hops']}, P={result['n_pos']}; green = same label",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, metadata=metadata)
-    plt.close(fig)

@@ -492,7 +492,12 @@ def test_cli_propagate_stats_and_show(workspace):
         == json.loads((root / "artifacts/propagation/final/stats.json").read_text())["per_hop"]
     )
     table = invoke(root, "propagate", "stats")
-    assert table.exit_code == 0 and "hard purity" in table.output
+    assert table.exit_code == 0, table.output
+    assert "Propagated positives of the final embeddings" in table.output
+    stats = json.loads((root / "artifacts/propagation/final/stats.json").read_text())
+    # the report's table: purity in percent, rounded
+    assert f"{100 * stats['per_hop'][0]['cumulative']['purity']:.1f}" in table.output
+    assert "Positive purity within" in table.output  # and against epoch
     result = invoke(root, "propagate", "show", "5", "--hops", "1", "--json")
     data = json.loads(result.output)
     assert [h["hop"] for h in data["positives_by_hop"]] == [1]

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 from dvc_pipeline import dvc_stages
-from test_stage_deps import imported_modules, module_file
+from test_stage_deps import code_of, imported_modules, module_file
 
 from invprop.pipeline import STAGE_NAMES, STAGES
 
@@ -86,3 +86,30 @@ def test_artifact_paths_are_spelled_in_the_workspace_module_only() -> None:
             ):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_no_cli_module_imports_a_stage_module() -> None:
+    """The CLI and the stages share primitives (invprop.tables, invprop.figures, ...); a
+    command never reaches into a stage, directly or through another module. (`invprop
+    stage` runs one through invprop.pipeline, which imports it by name at run time.)"""
+    cli = [m for m in invprop_modules() if m == "invprop.cli" or m.startswith("invprop.cli.")]
+    assert "invprop.cli.metrics" in cli and len(cli) > 5
+    for module in cli:
+        reached = code_of(module)
+        assert {p for p in reached if p.startswith("invprop/stages/")} == set(), module
+    assert "invprop/tables.py" in code_of("invprop.cli.metrics")  # the walk sees function imports
+
+
+def test_matplotlib_is_set_up_in_the_figures_module_only() -> None:
+    """Every figure, the report's and the CLI's, is drawn by invprop/figures.py."""
+    found = []
+    for path in sorted((ROOT / "invprop").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "matplotlib" for name in names):
+                found.append(str(path.relative_to(ROOT)))
+    assert sorted(set(found)) == ["invprop/figures.py"]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from invprop.config import config_from_dict
 from invprop.errors import InvpropError
+from invprop.figures import choose_anchors
 from invprop.stages import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,120 +188,7 @@ def linked_pngs(markdown: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# Tables
-
-
-def test_results_table_holds_the_known_numbers(tmp_path):
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))
-    table = report.results_table(tmp_path)
-    assert table.columns == [
-        "method",
-        "kNN K=200 embeddings",
-        "kNN K=200 features",
-        "kNN K=200 bank",
-        "linear probe",
-    ]
-    assert table.rows == [
-        ["InvP", "81.2", "79.9", "80.5", "85.7"],
-        ["Instance discrimination", EVALUATE["instance_discrimination/status"], "–", "–", "–"],
-        ["Random init", "30.1", "40.5", "–", "45.0"],
-        ["Raw pixels", "–", "77.8", "–", "80.0"],
-    ]
-    assert INVP_ROW in table.markdown().splitlines()
-    # without K=200 the largest K evaluated heads the table
-    smaller = {k.replace("k200", "k50"): v for k, v in EVALUATE.items()}
-    (tmp_path / "evaluate.json").write_text(json.dumps(smaller))
-    assert report.results_table(tmp_path).columns[1] == "kNN K=50 embeddings"
-    assert report.results_table(tmp_path).rows[0] == ["InvP", "81.2", "79.9", "80.5", "85.7"]
-
-
-def test_validation_table_reads_the_val_figures_and_the_report_lists_it(tmp_path):
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))
-    assert [t.title for t in report.results_tables(tmp_path)][:2] == [
-        "Representation quality (test, top-1, %)",
-        "Semi-supervised fine-tuning and transfer (test top-1, %)",
-    ]
-    val = {
-        "invp/val/knn_clean/embeddings/k200/top1": 0.9,
-        "invp/val/knn_clean/features/k200/top1": 0.8,
-        "invp/val/knn_bank/k200/top1": 0.7,
-        "invp/val/linear/top1": 0.6,
-        "pixels/val/knn/k200/top1": 0.5,
-        "pixels/val/linear/top1": 0.4,
-    }
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE | val))
-    tables = report.results_tables(tmp_path)
-    assert tables[0].rows == report.results_table(tmp_path).rows  # test figures unchanged
-    table = tables[1]
-    assert table.title == "Representation quality (validation part of train, top-1, %)"
-    assert table.rows == [
-        ["InvP", "90.0", "80.0", "70.0", "60.0"],
-        ["Instance discrimination", EVALUATE["instance_discrimination/status"], "–", "–", "–"],
-        ["Random init", "not run (no random_init/ figures in evaluate.json)", "–", "–", "–"],
-        ["Raw pixels", "–", "50.0", "–", "40.0"],
-    ]
-    assert any("Validation: a class-stratified" in note for note in table.notes)
-
-
-def test_percent_formatting():
-    assert [report.percent(v) for v in (0.81234, 1, 0.0, 0.99951, None, "x")] == [
-        "81.2",
-        "100.0",
-        "0.0",
-        "100.0",
-        "–",
-        "–",
-    ]
-
-
-def test_transfer_table_pivots_settings_and_protocols(tmp_path):
-    missing = report.transfer_table(tmp_path)
-    assert missing.rows == [["all", f"not run ({tmp_path / 'transfer.json'} not found)"]]
-    data = dict(TRANSFER, **{"transfer/svhn/linear/status": "not run (no data)"})
-    (tmp_path / "transfer.json").write_text(json.dumps(data))
-    table = report.transfer_table(tmp_path)
-    assert table.columns == [
-        "setting",
-        "linear (InvP)",
-        "linear (random init)",
-        "finetune (InvP)",
-        "finetune (random init)",
-    ]
-    assert table.rows == [
-        ["semi-supervised, 1% labels", "–", "–", "65.4", "20.0"],
-        ["semi-supervised, 10% labels", "–", "–", "90.1", "–"],
-        ["transfer to digits", "92.3", "50.0", "95.5", "–"],
-        ["transfer to svhn", "not run (no data)", "–", "–", "–"],
-    ]
-    assert table.notes == []
-    off = {k: v for k, v in data.items() if not k.startswith("random_init/")}
-    off["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
-    (tmp_path / "transfer.json").write_text(json.dumps(off))
-    table = report.transfer_table(tmp_path)
-    assert table.columns == ["setting", "linear (InvP)", "finetune (InvP)"]
-    assert table.notes == ["Random init baseline: not run (evaluate.baselines.random_init is off)."]
-    assert "- Random init baseline: not run" in table.markdown()
-
-
-def test_stage_times_table_reads_each_stage_footprint(tmp_path):
-    def footprint(seconds: float, mb: float) -> dict:
-        return {"footprint": {"wall_seconds": seconds, "cpu_seconds": 1.0, "peak_rss_mb": mb}}
-
-    (tmp_path / "prepare_digits.json").write_text(json.dumps(footprint(0.456, 181.9)))
-    (tmp_path / "pretrain.json").write_text(json.dumps(footprint(42.25, 2048) | {"device": "cuda"}))
-    (tmp_path / "evaluate.json").write_text(json.dumps(EVALUATE))  # no footprint recorded
-    table = report.stage_times_table(tmp_path, "digits")
-    rows = {row[1]: row for row in table.rows}
-    assert rows["prepare_digits.json"] == ["prepare", "prepare_digits.json", "0.5", "182", "–"]
-    assert rows["pretrain.json"] == ["pretrain", "pretrain.json", "42.2", "2,048", "cuda"]
-    assert rows["evaluate.json"] == ["evaluate", "evaluate.json", "–", "–", "cpu"]
-    assert rows["transfer.json"] == ["transfer", "transfer.json", "not run", "–", "–"]
-    assert [r[0] for r in table.rows][:2] == ["prepare", "pretrain"]
-
-
-def test_missing_evaluate_report_is_a_clear_error(tmp_path):
-    with pytest.raises(InvpropError, match=r"evaluate\.json not found; run the evaluate stage"):
-        report.results_table(tmp_path)
+# Inputs and choices (the tables are tests/test_tables.py's)
 
 
 def test_read_curves_turns_steps_into_epochs(tmp_path):
@@ -320,14 +208,14 @@ def test_read_curves_turns_steps_into_epochs(tmp_path):
 def test_choose_anchors_is_seeded_and_class_balanced():
     labels = np.repeat(np.arange(5), 20)
     np.random.default_rng(0).shuffle(labels)
-    picked = report.choose_anchors(labels, 5, seed=3)
+    picked = choose_anchors(labels, 5, seed=3)
     assert sorted(labels[picked].tolist()) == [0, 1, 2, 3, 4]
-    assert picked == report.choose_anchors(labels, 5, seed=3)
-    assert picked != report.choose_anchors(labels, 5, seed=4)
-    assert labels[report.choose_anchors(labels, 2, seed=0)].tolist() == [0, 2]  # evenly spaced
-    seven = report.choose_anchors(labels, 7, seed=0)
+    assert picked == choose_anchors(labels, 5, seed=3)
+    assert picked != choose_anchors(labels, 5, seed=4)
+    assert labels[choose_anchors(labels, 2, seed=0)].tolist() == [0, 2]  # evenly spaced
+    seven = choose_anchors(labels, 7, seed=0)
     assert len(set(seven)) == 7 and sorted(labels[seven].tolist()) == [0, 0, 1, 1, 2, 3, 4]
-    unlabelled = report.choose_anchors(np.full(10, -1), 3, seed=0)
+    unlabelled = choose_anchors(np.full(10, -1), 3, seed=0)
     assert len(set(unlabelled)) == 3
 
 
@@ -360,8 +248,11 @@ def test_report_without_optional_inputs_says_not_run(base):
     assert "| all | not run (reports/transfer.json not found) |" in lines
     assert "Positive purity against epoch: not run (no pretrain snapshots" in markdown
     assert "kNN monitor against epoch: not run" in markdown
-    assert "| pretrain | pretrain.json | 42.2 | 900 | cpu |" in lines
-    assert "| transfer | transfer.json | not run | – | – |" in lines
+    assert "| pretrain | 42.2 | 900 | cpu |" in lines
+    assert "| instance_discrimination | not run | – | – |" in lines
+    assert "| embed@final | – | – | cpu |" in lines  # run, without a footprint
+    assert "| transfer | not run | – | – |" in lines
+    assert "| report | this run | – | – |" in lines  # the stage's own row
     assert not re.search(r"\d{4}-\d{2}-\d{2}", markdown)  # no dates
     with chdir(root):
         check_figures(markdown, figures)
@@ -387,7 +278,7 @@ def test_report_with_every_optional_input(full):
     assert "| semi-supervised, 1% labels | – | – | 65.4 | 20.0 |" in lines
     assert "| transfer to digits | 92.3 | 50.0 | 95.5 | – |" in lines
     assert re.findall(r"not run \(", markdown) == []  # every optional part ran
-    assert "| transfer | transfer.json | – | – | – |" in lines  # run without its footprint
+    assert "| transfer | – | – | – |" in lines  # run without its footprint
     assert {"purity_epoch.png", "knn_monitor.png"} <= set(figures)
     with chdir(root):
         check_figures(markdown, figures)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, number_or_na, print_json, print_table
+from invprop.cli.common import JSON_OPTION, command, print_json, print_table
 
 app = typer.Typer(help="Inspect the memory bank of a checkpoint.", no_args_is_help=True)
 
@@ -30,6 +30,7 @@ def bank(
     """
     from invprop.checkpoint import load_checkpoint
     from invprop.positive_sets import bank_stats
+    from invprop.tables import percent
     from invprop.workspace import prepared_dir, prepared_train_labels
 
     state = load_checkpoint(checkpoint)
@@ -44,6 +45,7 @@ def bank(
         print_json(data)
         return
     norms = data["norms"]
+    filled = round(data["coverage"] * data["n"])
     print_table(
         f"memory bank of {checkpoint} (epoch {data['epoch']})",
         ["figure", "value"],
@@ -54,12 +56,13 @@ def bank(
                 "vector norm min / mean / max",
                 f"{norms['min']:.4f} / {norms['mean']:.4f} / {norms['max']:.4f}",
             ),
-            ("table coverage (rows filled)", data["coverage"]),
+            ("table rows filled", f"{filled:,} of {data['n']:,} ({percent(data['coverage'])}%)"),
+            ("table entries filled", f"{percent(data['entry_coverage'])}%"),
             (
                 f"concat duplicate rate ({data['hops']} hops)",
-                number_or_na(data["concat_duplicate_rate"]),
+                data["concat_duplicate_rate"],
             ),
-            ("neighbour label purity", number_or_na(data["neighbour_purity"])),
+            ("neighbour label purity", data["neighbour_purity"]),
             ("labels from", labels_from or "not found"),
         ],
     )

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import typer
 
@@ -19,6 +19,9 @@ from typer.core import TyperGroup
 
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
+
+if TYPE_CHECKING:
+    from invprop.tables import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,23 +137,27 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table for people; numbers are formatted compactly."""
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    notes: Sequence[str] = (),
+) -> None:
+    """A table for people, fitted to the terminal's width without splitting a word
+    (invprop.tables.Table.renderable); numbers are rounded for reading."""
+    from invprop.tables import Table, readable
+
+    cells = [[readable(value) for value in row] for row in rows]
+    print_tables([Table(title, list(columns), cells, list(notes))])
+
+
+def print_tables(tables: Sequence[Table]) -> None:
+    """invprop.tables.Table objects, one after the other, at the terminal's width."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=title)
-    for column in columns:
-        # In a narrow terminal a long word folds onto the next line instead of being cut
-        # short with an ellipsis: a params key in a note is the fix a user needs.
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(table)
-
-
-def number_or_na(value: float | None) -> float | str:
-    return "n/a" if value is None else value
+    console = Console()
+    for table in tables:
+        console.print(table.renderable(console.width))
 
 
 def propagate_params(params: Path) -> Any:
@@ -168,7 +175,8 @@ def show_anchor(
     neighbours: bool,
 ) -> None:
     """What `graph neighbours` and `propagate show` print (and draw, with --out)."""
-    from invprop.neighbourhood import draw_grid, inspect_anchor
+    from invprop.figures import draw_grid
+    from invprop.neighbourhood import inspect_anchor
     from invprop.workspace import load_checked_graph, prepared_if_present
 
     graph, _, emb = load_checked_graph(tag)

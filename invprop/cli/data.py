@@ -1,23 +1,18 @@
 """`invprop data show|grid`: what a prepared dataset holds, and what its images look like.
 
 numpy, matplotlib and the data package load inside the commands, so `invprop --help`
-stays fast.
+stays fast; the grid is drawn by invprop.figures.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from invprop.cli.common import JSON_OPTION, Split, command, print_json, print_table
 from invprop.errors import InvpropError
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from invprop.data.prepared import Split
 
 app = typer.Typer(
     help="Inspect prepared datasets (data/prepared/<dataset>/).", no_args_is_help=True
@@ -79,24 +74,6 @@ def show(path: Path = PATH_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
     print_table("images per class", ["label", "class", "train", "test"], class_rows)
 
 
-def _mosaic(
-    split: Split, rows: list[tuple[str, np.ndarray]], per_class: int, pad: int = 2
-) -> np.ndarray:
-    """A white-padded RGB uint8 canvas: one row per (name, indices) entry."""
-    import numpy as np
-
-    _, height, width = np.asarray(split.images[int(rows[0][1][0])]).shape
-    canvas = np.full(
-        (pad + len(rows) * (height + pad), pad + per_class * (width + pad), 3), 255, np.uint8
-    )
-    for r, (_, picks) in enumerate(rows):
-        for c, index in enumerate(picks):
-            image = np.asarray(split.images[int(index)]).transpose(1, 2, 0)
-            top, left = pad + r * (height + pad), pad + c * (width + pad)
-            canvas[top : top + height, left : left + width] = image  # 1 channel broadcasts
-    return canvas
-
-
 @command(app, "grid")
 def grid(
     path: Path = PATH_ARGUMENT,
@@ -111,14 +88,10 @@ def grid(
 
     Example: invprop data grid data/prepared/fashion_mnist --out grid.png
     """
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from invprop.data.prepared import load_prepared
-    from invprop.io import atomic_file
+    from invprop.figures import draw_class_grid
 
     dataset = load_prepared(path)
     data = dataset.split(split)
@@ -133,26 +106,9 @@ def grid(
     if not rows:
         raise InvpropError(f"{path}: the {split} split is empty; nothing to draw")
     shown = rows[:max_classes]
-    canvas = _mosaic(data, shown, per_class)
-
-    _, height, width = dataset.shape
-    scale = max(1, 64 // max(height, width))  # small images drawn at >= 64 px
-    dpi = 100
-    figsize = (canvas.shape[1] * scale / dpi + 1.8, canvas.shape[0] * scale / dpi + 0.6)
-    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-    ax.imshow(canvas, interpolation="nearest")
-    ax.set_yticks([2 + r * (height + 2) + height / 2 for r in range(len(shown))])
-    ax.set_yticklabels([name for name, _ in shown])
-    ax.set_xticks([])
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
     more = f", first {len(shown)} of {len(rows)} classes" if len(rows) > len(shown) else ""
-    ax.set_title(f"{dataset.name}: {split} split, {per_class} random per class{more}")
-    fig.tight_layout()
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+    title = f"{dataset.name}: {split} split, {per_class} random per class{more}"
+    draw_class_grid(data, shown, per_class, title, out)
     if as_json:
         print_json(
             {

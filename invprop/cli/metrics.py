@@ -6,9 +6,10 @@
     invprop metrics --rev v1 --rev v2                # two revisions and their difference
     invprop metrics --table                          # the report's results tables
 
-Nested JSON is flattened with "/" (the evaluate stage already writes flat keys). A file
-at a revision is read with `git show REV:./path`; a revision or an explicitly named file
-that does not exist is a one-line error.
+Nested JSON is flattened with "/" (the evaluate stage already writes flat keys); lists
+stay lists. Tables show one file each, figures rounded for reading; --json keeps the
+full values. A file at a revision is read with `git show REV:./path`; a revision or an
+explicitly named file that does not exist is a one-line error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import JSON_OPTION, command, print_json, print_table, print_tables
 from invprop.errors import InvpropError
 
 WORKSPACE = "workspace"
@@ -37,14 +38,12 @@ REV_OPTION = typer.Option(
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a/b": 1}; lists become compact JSON strings."""
+    """{"a": {"b": 1}, "c": [1, 2]} -> {"a/b": 1, "c": [1, 2]}."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
             out |= flatten(value, f"{prefix}/{key}" if prefix else str(key))
         return out
-    if isinstance(data, list):
-        return {prefix: json.dumps(data, separators=(",", ":"))}
     return {prefix: data}
 
 
@@ -127,12 +126,13 @@ def compare(
     return out
 
 
-def _cell(value: Any) -> Any:
-    return "-" if value is None else value
-
-
 TABLE_OPTION = typer.Option(
     False, "--table", help="The report's results tables (InvP vs baselines, transfer, times)."
+)
+PARAMS_OPTION = typer.Option(
+    Path("params.yaml"),
+    "--params",
+    help="With --table: the params whose stage runs the stage-times table lists.",
 )
 
 
@@ -140,6 +140,7 @@ def metrics(
     files: list[Path] | None = FILES_ARGUMENT,
     rev: list[str] = REV_OPTION,
     table: bool = TABLE_OPTION,
+    params: Path = PARAMS_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show metrics from reports/*.json, or compare them between git revisions.
@@ -149,16 +150,15 @@ def metrics(
     from invprop.workspace import REPORTS_DIR as REPORTS  # numpy: not for `invprop --help`
 
     if table:
-        from invprop.stages.report import results_tables
+        from invprop.config import Config, load_config
+        from invprop.tables import StageReports, results_tables
 
-        tables = results_tables(REPORTS)
+        cfg = load_config(params) if params.exists() else Config()
+        tables = results_tables(StageReports(REPORTS), cfg)
         if as_json:
-            print_json([{"title": t.title, "columns": t.columns, "rows": t.rows} for t in tables])
+            print_json([t.to_dict() for t in tables])
             return
-        for t in tables:
-            print_table(t.title, t.columns, t.rows)
-            for note in t.notes:
-                typer.echo(f"  {note}")
+        print_tables(tables)
         return
     if len(rev) > 2:
         raise InvpropError(f"--rev given {len(rev)} times; give it once (vs workspace) or twice")
@@ -175,12 +175,8 @@ def metrics(
         if as_json:
             print_json(found)
             return
-        rows = [
-            (path, metric, value)
-            for path, values in found.items()
-            for metric, value in values.items()
-        ]
-        print_table("metrics", ["file", "metric", "value"], rows)
+        for path, values in found.items():
+            print_table(path, ["metric", "value"], list(values.items()))
         return
 
     revisions: list[str | None] = [rev[0], rev[1] if len(rev) == 2 else None]
@@ -199,16 +195,12 @@ def metrics(
     if as_json:
         print_json({"a": labels[0], "b": labels[1], "metrics": table})
         return
-    rows = [
-        (path, metric, _cell(v["a"]), _cell(v["b"]), _cell(v["diff"]))
-        for path, values in table.items()
-        for metric, v in values.items()
-    ]
-    print_table(
-        f"metrics: {labels[0]} vs {labels[1]}",
-        ["file", "metric", labels[0], labels[1], "diff"],
-        rows,
-    )
+    for path, values in table.items():
+        print_table(
+            f"{path}: {labels[0]} vs {labels[1]}",
+            ["metric", labels[0], labels[1], "diff"],
+            [(metric, v["a"], v["b"], v["diff"]) for metric, v in values.items()],
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -19,9 +19,8 @@ from invprop.cli.common import (
     SHOW_OPTION,
     TAG_OPTION,
     command,
-    number_or_na,
     print_json,
-    print_table,
+    print_tables,
     show_anchor,
 )
 
@@ -32,63 +31,21 @@ app = typer.Typer(
 
 @command(app, "stats")
 def stats(tag: str = PROPAGATION_TAG_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Mean set size and label purity per hop (cumulative and new) and against epoch.
+    """Mean set size and label purity (%) per hop (cumulative and new) and against epoch.
 
     Example: invprop propagate stats --tag final --json
     """
-    from invprop.workspace import load_propagation_stats
+    from invprop.tables import StageReports, propagation_table, purity_epoch_table
+    from invprop.workspace import REPORTS_DIR, load_propagation_stats
 
     data = load_propagation_stats(tag)
     if as_json:
         print_json(data)
         return
-    rows = []
-    for row in data["per_hop"]:
-        c, new = row["cumulative"], row["new"]
-        rows.append(
-            (
-                row["hop"],
-                c["size"],
-                number_or_na(c["purity"]),
-                c["hard_size"],
-                number_or_na(c["hard_purity"]),
-                number_or_na(c["easy_purity"]),
-                new["size"],
-                number_or_na(new["purity"]),
-            )
-        )
-    print_table(
-        f"propagation over graph {tag} (k={data['k']}, P={data['n_pos']}, "
-        f"chance purity {number_or_na(data.get('chance_purity'))})",
-        [
-            "hop",
-            "size",
-            "purity",
-            "hard size",
-            "hard purity",
-            "easy purity",
-            "new size",
-            "new purity",
-        ],
-        rows,
-    )
+    tables = [propagation_table(data, StageReports(REPORTS_DIR).get(f"graph_{tag}"))]
     if data.get("epochs"):
-        print_table(
-            f"purity within {data['hops']} hops of the bank's table, by checkpoint",
-            ["checkpoint", "epoch", "k", "coverage", "purity", "hard purity", "easy purity"],
-            [
-                (
-                    e["tag"],
-                    e["epoch"],
-                    e["k"],
-                    e["coverage"],
-                    number_or_na(e["purity"]["all"]),
-                    number_or_na(e["purity"]["hard"]),
-                    number_or_na(e["purity"]["easy"]),
-                )
-                for e in data["epochs"]
-            ],
-        )
+        tables.append(purity_epoch_table(data))
+    print_tables(tables)
 
 
 @command(app, "show")

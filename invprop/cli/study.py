@@ -102,9 +102,10 @@ def study(
     title = f"study ({split}): {len(runs)} experiments, paired by seed against {baseline}"
     columns = ["figure", "variant", "seeds", "mean ± std (%)", "difference (95% interval)"]
     if markdown:
-        typer.echo(f"{title}\n")
-        for cells in (columns, ["---"] * len(columns), *table_rows):
-            typer.echo("| " + " | ".join(str(cell) for cell in cells) + " |")
+        from invprop.tables import Table
+
+        cells = [[str(cell) for cell in row] for row in table_rows]
+        typer.echo(Table(title, columns, cells).markdown())
     else:
         print_table(title, columns, table_rows)
     for state, names in sorted(pending.items()):
