@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from invprop.augment import center
 from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint
@@ -41,7 +40,7 @@ from invprop.inference import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import write_untrained_checkpoint  # noqa: E402
+from conftest import pil_images, write_untrained_checkpoint  # noqa: E402
 
 # Fashion-MNIST's channel statistics (the prepared data's meta.json), for the default.
 FASHION_MNIST = ([0.2860406], [0.3530242])
@@ -57,12 +56,6 @@ def config(name: str) -> Config:
     return config_from_dict(
         read_yaml_mapping(ROOT / preset, "preset") if preset else {"transfer": {"targets": []}}
     )
-
-
-def pil_images(images: np.ndarray) -> list[Image.Image]:
-    if images.shape[1] == 1:
-        return [Image.fromarray(image[0], mode="L") for image in images]
-    return [Image.fromarray(image.transpose(1, 2, 0), mode="RGB") for image in images]
 
 
 def measure(name: str, n_images: int, folder: Path) -> list[dict[str, Any]]:

@@ -405,3 +405,13 @@ def write_untrained_checkpoint(
             "preprocessing": image_preprocessing(cfg, (cfg.data.channels, size, size), mean, std),
         },
     )
+
+
+def pil_images(images: np.ndarray) -> list:
+    """uint8 [N, C, H, W] arrays (C 1 or 3) as PIL images ("L" or "RGB"), as a user's
+    photos reach torchvision's transforms."""
+    from PIL import Image
+
+    if images.shape[1] == 1:
+        return [Image.fromarray(image[0]) for image in images]
+    return [Image.fromarray(image.transpose(1, 2, 0)) for image in images]

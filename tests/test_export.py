@@ -22,8 +22,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import write_untrained_checkpoint
-from PIL import Image
+from conftest import pil_images, write_untrained_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -113,12 +112,6 @@ def images_for(channels: int, size: int, n: int = 3) -> np.ndarray:
     return np.random.default_rng(channels * 100 + size).integers(
         0, 256, (n, channels, size, size), dtype=np.uint8
     )
-
-
-def pil_images(images: np.ndarray) -> list[Image.Image]:
-    if images.shape[1] == 1:
-        return [Image.fromarray(image[0], mode="L") for image in images]
-    return [Image.fromarray(image.transpose(1, 2, 0), mode="RGB") for image in images]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +243,7 @@ def test_the_printed_code_runs_loads_the_file_and_preprocesses_as_invprop(
     """The printed lines are a Python file that needs no invprop: run them, then feed PIL
     images through its `preprocess` and its model."""
     path, code = exported(name, fmt, head)
-    assert "invprop" not in code.split("\n\n", 1)[1]  # past the summary comments
+    assert not re.search(r"^\s*(import|from) invprop", code, re.M)
     monkeypatch.setitem(sys.modules, "invprop", None)  # importing invprop would fail
     monkeypatch.chdir(path.parent)  # the README's commands name their files relatively
     namespace: dict[str, Any] = {}
