@@ -1,4 +1,4 @@
-"""`invprop ckpt export` on the default, cifar10-paper and imagenet-paper configurations:
+"""`invprop ckpt export` on the default, cifar10-authors and imagenet-paper configurations:
 file size, export time, and how far the exported model's features are from invprop's own
 `extract` on the same images.
 
@@ -46,7 +46,7 @@ from conftest import pil_images, write_untrained_checkpoint  # noqa: E402
 FASHION_MNIST = ([0.2860406], [0.3530242])
 CONFIGS = {
     "default": None,
-    "cifar10-paper": "presets/cifar10-paper.yaml",
+    "cifar10-authors": "presets/cifar10-authors.yaml",
     "imagenet-paper": "presets/imagenet-paper.yaml",
 }
 
