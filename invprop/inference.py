@@ -93,9 +93,10 @@ def normalisation(meta: dict[str, Any], channels: int) -> tuple[list[float], lis
 def input_normalisation(meta: dict[str, Any], cfg: Config) -> tuple[list[float], list[float]]:
     """The mean/std the network's inputs are normalised with: ``augment.mean``/``std`` when
     set and `meta` is the pretraining dataset (the authors' fixed CIFAR constants, say), else
-    the prepared data's statistics carried over to ``data.channels`` (`normalisation`)."""
+    the prepared data's statistics carried over to ``data.channels`` (`normalisation`). A
+    `meta` naming no dataset (a checkpoint's recorded statistics) is used as it is."""
     a = cfg.augment
-    if a.mean is not None and a.std is not None and meta["dataset"] == cfg.data.name:
+    if a.mean is not None and a.std is not None and meta.get("dataset") == cfg.data.name:
         return list(a.mean), list(a.std)
     return normalisation(meta, cfg.data.channels)
 

@@ -362,3 +362,56 @@ def write_model_checkpoint(cfg: Config, path: Path, epoch: int, bank_init: str) 
             "history": [],
         },
     )
+
+
+def write_untrained_checkpoint(
+    cfg: Config, path: Path, mean: list[float], std: list[float], bank_size: int = 64
+) -> None:
+    """A complete checkpoint (model, bank, optimizer, history, preprocessing for images
+    stored at data.image_size) of the initial network with every float tensor perturbed by
+    a fixed seed, BatchNorm running statistics included, so that weights and buffers all
+    differ from a freshly built encoder. No data and no training needed."""
+    import torch
+
+    from invprop.checkpoint import (
+        CHECKPOINT_VERSION,
+        build_encoder,
+        image_preprocessing,
+        save_checkpoint,
+        training_hash,
+        training_params,
+    )
+    from invprop.method import MemoryBank
+
+    encoder = build_encoder(cfg)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in encoder.state_dict().items():
+            if tensor.is_floating_point():
+                noise = 0.01 * torch.randn(tensor.shape, generator=generator)
+                tensor.add_(noise.abs() if name.endswith("running_var") else noise)
+    size = cfg.data.image_size
+    save_checkpoint(
+        path,
+        {
+            "version": CHECKPOINT_VERSION,
+            "epoch": 3,
+            "params_hash": training_hash(cfg),
+            "config": training_params(cfg),
+            "model": encoder.state_dict(),
+            "bank": MemoryBank(bank_size, cfg.model.dim, cfg.pretrain.k).state_dict(),
+            "optimizer": torch.optim.SGD(encoder.parameters(), lr=0.1).state_dict(),
+            "history": [{"epoch": 3, "loss": 1.0}],
+            "preprocessing": image_preprocessing(cfg, (cfg.data.channels, size, size), mean, std),
+        },
+    )
+
+
+def pil_images(images: np.ndarray) -> list:
+    """uint8 [N, C, H, W] arrays (C 1 or 3) as PIL images ("L" or "RGB"), as a user's
+    photos reach torchvision's transforms."""
+    from PIL import Image
+
+    if images.shape[1] == 1:
+        return [Image.fromarray(image[0]) for image in images]
+    return [Image.fromarray(image.transpose(1, 2, 0)) for image in images]

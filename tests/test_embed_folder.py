@@ -181,3 +181,28 @@ def test_user_errors_are_one_line(trained, tmp_path, args, message) -> None:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_checkpoint_with_fixed_normalisation_embeds_a_folder(tmp_path, writers) -> None:
+    """Presets that fix augment.mean/std (cifar10-paper, imagenet-paper) record them as the
+    checkpoint's preprocessing, and a folder is normalised with that record (which names no
+    dataset: this used to fail with a KeyError)."""
+    from conftest import write_untrained_checkpoint
+
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    cfg = config_from_dict(
+        {
+            "data": {"name": "synthetic", "image_size": 16, "channels": 3},
+            "augment": {"mean": mean, "std": std},
+            "transfer": {"targets": []},
+        }
+    )
+    checkpoint = tmp_path / "fixed.pt"
+    write_untrained_checkpoint(cfg, checkpoint, mean, std)
+    writers.image_folder(tmp_path / "photos", {"cat": 2}, fmt="png", size=16)
+    out = tmp_path / "photos.npz"
+    result = invoke("embed", str(checkpoint), str(tmp_path / "photos"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with np.load(out) as data:
+        features, _ = reference_embed(checkpoint, [tmp_path / "photos" / p for p in data["paths"]])
+        np.testing.assert_allclose(data["features"], features, atol=1e-5)

@@ -1,5 +1,6 @@
-"""The set-ups install exactly one neighbour-search package: faiss-cpu and faiss-gpu both
-provide the `faiss` module, and pip cannot install one in place of the other."""
+"""The set-ups install exactly one neighbour-search package (faiss-cpu and faiss-gpu both
+provide the `faiss` module, and pip cannot install one in place of the other), and the
+export extra."""
 
 from __future__ import annotations
 
@@ -25,7 +26,23 @@ def test_faiss_is_an_extra_and_the_makefile_installs_the_cpu_one() -> None:
     assert faiss_packages(project["dependencies"]) == []
     assert [p.split(">")[0] for p in faiss_packages(extras["cpu"])] == ["faiss-cpu"]
     assert [p.split(">")[0] for p in faiss_packages(extras["gpu"])] == ["faiss-gpu"]
-    assert "--editable '.[dev,cpu]'" in (ROOT / "Makefile").read_text()
+    assert "--editable '.[dev,cpu,export]'" in (ROOT / "Makefile").read_text()
+
+
+def test_the_export_extra_is_installed_by_the_makefile_and_pinned() -> None:
+    """`invprop ckpt export`'s packages: an extra (the export names it when one is missing),
+    which `make` installs so that CI runs tests/test_export.py, each pinned."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = [re.split(r"[<>=]", requirement)[0] for requirement in extras["export"]]
+    assert names == ["timm", "safetensors", "onnx", "onnxscript", "onnxruntime"]
+    pinned = {
+        line.split("==")[0].lower()
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    assert set(names) <= pinned
 
 
 @pytest.mark.parametrize("extra", ["cpu", "gpu"])

@@ -1,8 +1,10 @@
-"""`invprop ckpt show|diff`: what a pretraining checkpoint holds, and how two differ.
+"""`invprop ckpt show|diff|export`: what a pretraining checkpoint holds, how two differ,
+and its backbone written for other libraries.
 
     invprop ckpt show models/pretrain/final.pt             # epoch, params, shapes, metrics
     invprop ckpt show models/pretrain/last.pt --json
     invprop ckpt diff models/instance_discrimination/final.pt models/pretrain/final.pt
+    invprop ckpt export models/pretrain/final.pt --format onnx --out backbone.onnx
 
 Checkpoints load with `invprop.checkpoint.load_checkpoint` (weights only, so a file can
 never run code); torch is imported inside the commands, so `invprop --help` stays fast.
@@ -10,8 +12,9 @@ never run code); torch is imported inside the commands, so `invprop --help` stay
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -20,13 +23,16 @@ from invprop.config import config_diff
 from invprop.errors import InvpropError
 
 app = typer.Typer(
-    help="Inspect pretraining checkpoints (models/pretrain/*.pt).", no_args_is_help=True
+    help="Inspect pretraining checkpoints (models/pretrain/*.pt) and export their backbones.",
+    no_args_is_help=True,
 )
 
 CHECKPOINT_ARGUMENT = typer.Argument(
     ..., help="A checkpoint written by pretrain, e.g. models/pretrain/final.pt."
 )
 REQUIRED_KEYS = ("epoch", "params_hash", "config", "model", "bank")
+# invprop.export.FORMATS, spelled here so that `--help` loads no torch (a test keeps them equal)
+ExportFormat = Literal["torchvision", "timm", "safetensors", "onnx"]
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -174,3 +180,34 @@ def diff(
     print_table(f"{a} vs {b}", ["field", "a", "b"], rows)
     if not result["params"]:
         typer.echo("The two configs are identical.")
+
+
+@command(app, "export")
+def export(
+    checkpoint: Path = CHECKPOINT_ARGUMENT,
+    fmt: ExportFormat = typer.Option(
+        ...,
+        "--format",
+        help="torchvision or timm: a state dict for their ResNet-50; safetensors: tensors with "
+        "the preprocessing as metadata; onnx: the backbone with pooling, batch axis dynamic.",
+    ),
+    out: Path = typer.Option(..., "--out", help="The file to write."),
+    head: bool = typer.Option(
+        False, "--head", help="Also the projection head (safetensors and onnx)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write the backbone (nothing else: no bank, optimizer or history) for use elsewhere.
+
+    Prints a runnable Python file that loads it and preprocesses images as invprop does.
+
+    Example: invprop ckpt export models/pretrain/final.pt --format onnx --out backbone.onnx
+    """
+    from invprop.export import export_backbone
+
+    result = export_backbone(checkpoint, fmt, out, head=head, force=force)
+    if as_json:
+        print_json(asdict(result))
+        return
+    typer.echo(result.code, nl=False)
