@@ -430,7 +430,9 @@ rule report:
             labels={"figure": "{name}"},
         ),
     params:
-        tracked=tracked("seed", "data.name", "embed.tags", "propagate", "report"),
+        tracked=tracked(
+            "seed", "data.name", "embed.tags", "propagate", "report", "transfer.targets"
+        ),
     log:
         "logs/report.log",
     shell:
