@@ -23,6 +23,7 @@ or (seed, epoch), so a resumed run needs none.
 from __future__ import annotations
 
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     # Saved through a file object: torch.save names the records inside the zip after the
     # file it is given, and the temporary name differs on every write.
     with atomic_file(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
+        torch.save(_canonical(state), handle)
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` rebuilt with fresh containers and interned strings. Pickle writes an object it
+    has met before as a reference to it, by identity: so that equal contents give equal
+    bytes, equal strings must be one object and containers never shared (a state built
+    in training and the same state loaded from a checkpoint differ in both)."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(key): _canonical(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_canonical(value) for value in obj)
+    return obj
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

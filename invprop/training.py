@@ -100,6 +100,12 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     return 0.5 * p.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+# What an epoch's row measures of the machine, not of the training: kept in this run's
+# rows (curves, report) and out of checkpoints, whose bytes must be a function of what
+# they hold (a rerun that trains the same writes the same file: no new DVC hash).
+TIMING_KEYS = ("epoch_seconds", "table_seconds", "images_per_second")
+
+
 @dataclass
 class TrainState:
     """Everything a resume restores, by name (DINO's restart_from_checkpoint, in one place)."""
@@ -121,7 +127,10 @@ class TrainState:
             "model": self.encoder.state_dict(),
             "bank": self.bank.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "history": list(self.history or []),
+            "history": [
+                {k: v for k, v in row.items() if k not in TIMING_KEYS}
+                for row in self.history or []
+            ],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -491,12 +500,15 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         "device": str(device),
         "train_images": data.n,
         "final_loss": last["loss"],
-        "images_per_second": last["images_per_second"],
         "knn_bank_top1": last.get("knn_bank_top1"),
-        "seconds": sum(r["epoch_seconds"] for r in state.history),
         # Per epoch, so that `dvc exp show` carries them for every experiment of a study.
         "table_purity": [r.get("table_purity") for r in state.history],
-        "table_seconds": sum(r["table_seconds"] for r in state.history),
+        # Timings of the epochs this run trained (a resumed run's earlier epochs are not
+        # timed in checkpoints); images_per_second is the last of them, if any.
+        "epochs_trained": sum("epoch_seconds" in r for r in state.history),
+        "images_per_second": last.get("images_per_second"),
+        "seconds": sum(r.get("epoch_seconds", 0.0) for r in state.history),
+        "table_seconds": sum(r.get("table_seconds", 0.0) for r in state.history),
         # DDP: every rank ended with this same bank (checked above).
         "ranks": ranks.world_size,
         "bank_sha256": bank_digests[0],
