@@ -165,8 +165,8 @@ rule pretrain:
         "invprop/workspace.py",
         PREPARED,
     output:
-        # update(): kept between runs, so training resumes from last.pt.
-        update(directory("models/pretrain")),
+        # Training resumes from models/in_progress/, which Snakemake does not manage.
+        directory("models/pretrain"),
         "reports/pretrain.json",
         directory("dvclive/pretrain/plots/metrics"),
     params:
@@ -203,7 +203,7 @@ rule instance_discrimination:
         "invprop/workspace.py",
         PREPARED,
     output:
-        update(directory("models/instance_discrimination")),
+        directory("models/instance_discrimination"),
         directory("artifacts/embeddings/instance_discrimination"),
         "reports/instance_discrimination.json",
         directory("dvclive/instance_discrimination/plots/metrics"),

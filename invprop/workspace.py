@@ -209,10 +209,10 @@ class TrainingRun:
     """Where one pretraining run keeps its checkpoints and its dvclive curves.
 
     `checkpoints` holds a finished run only. While it trains, its checkpoints go to
-    `in_progress` (models/in_progress/<run>/), a folder no orchestrator clears: Snakemake
-    deletes, or rolls back, the outputs of a failed job, and DVC clears a stage's outputs
-    before running it, so a resume point inside the output would go with the job that
-    wrote it. `publish` moves the finished run into place.
+    `in_progress` (models/in_progress/<run>/), a folder no orchestrator clears: both clear
+    a stage's outputs before running it and Snakemake deletes a failed job's outputs, so a
+    resume point inside the output would go with the job that wrote it. `publish` moves
+    the finished run into place.
     """
 
     checkpoints: Path  # last.pt, final.pt, snapshots/epoch_NNNN.pt
