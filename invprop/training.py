@@ -128,8 +128,7 @@ class TrainState:
             "bank": self.bank.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": [
-                {k: v for k, v in row.items() if k not in TIMING_KEYS}
-                for row in self.history or []
+                {k: v for k, v in row.items() if k not in TIMING_KEYS} for row in self.history or []
             ],
         }
 
