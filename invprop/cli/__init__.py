@@ -13,7 +13,19 @@ from pathlib import Path
 import typer
 
 from invprop import __version__
-from invprop.cli import bank, ckpt, data, embed, graph, knn, metrics, params, propagate, study
+from invprop.cli import (
+    bank,
+    ckpt,
+    data,
+    embed,
+    graph,
+    knn,
+    metrics,
+    params,
+    propagate,
+    share,
+    study,
+)
 from invprop.cli.common import JSON_OPTION, OneLineErrors, command, fail, print_json
 from invprop.errors import InvpropError
 from invprop.logs import setup_logging
@@ -57,6 +69,7 @@ embed.register(app)
 knn.register(app)
 metrics.register(app)
 study.register(app)
+share.register(app)
 
 
 def _stage_names(incomplete: str = "") -> list[str]:
