@@ -19,7 +19,7 @@ setup: $(STAMP) dataset
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,cpu,export,slurm]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,cpu,export,slurm,s3]'
 	@touch $@
 
 # The embedded default dataset: Debian's package, where apt is usable (root, or sudo).

@@ -41,14 +41,15 @@ def test_faiss_is_an_extra_and_the_makefile_installs_the_cpu_one() -> None:
     [
         ("export", ["timm", "safetensors", "onnx", "onnxscript", "onnxruntime"]),
         ("slurm", ["snakemake-executor-plugin-slurm"]),
+        ("s3", ["dvc-s3"]),
     ],
 )
 def test_the_extras_the_tests_need_are_installed_by_the_makefile_and_pinned(
     extra: str, packages: list[str]
 ) -> None:
-    """`invprop ckpt export`'s packages and Snakemake's SLURM executor: extras (the export
-    names its extra when a package is missing), which `make` installs so that CI runs
-    tests/test_export.py and tests/test_slurm.py, each pinned."""
+    """`invprop ckpt export`'s packages, Snakemake's SLURM executor and DVC's S3 remotes:
+    extras (the export names its extra when a package is missing), which `make` installs
+    so that CI runs tests/test_export.py, test_slurm.py and test_remotes.py, each pinned."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
