@@ -437,3 +437,12 @@ def dvc_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> An
     from pipeline_runs import make_dvc_run
 
     return make_dvc_run(pipeline_copy, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def seed_study(dvc_run: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the DVC run with one experiment per seed of pipeline_runs.STUDY_SEEDS,
+    queued (up to evaluate, baseline on) and run by DVC's queue worker."""
+    from pipeline_runs import make_seed_study
+
+    return make_seed_study(dvc_run, tmp_path_factory)

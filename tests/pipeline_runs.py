@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from dvc_pipeline import DvcStage, dvc_stages, tiny_params
 from run_comparison import without_timing
 
 from invprop.config import config_from_dict
+from invprop.study import runs_from_show
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -207,3 +209,27 @@ def assert_same_artifacts(workspace: Path, reference: Path, stages: dict[str, Dv
             for rel, path in expected_files.items():
                 assert comparable_file(files[rel]) == comparable_file(path), rel
     return compared
+
+
+STUDY_SEEDS = (1, 2)
+
+
+def make_seed_study(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the DVC workspace, its other experiments removed, in which one experiment
+    per seed was queued (up to evaluate, baseline on) and run by DVC's queue worker."""
+    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "study")
+    run(["dvc", "exp", "remove", "--all-commits"], workspace, check=False)
+    for seed in STUDY_SEEDS:
+        queue = ["dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "evaluate"]
+        run([*queue, "-S", f"seed={seed}"], workspace)
+    run(["dvc", "queue", "start", "--jobs", "1"], workspace)
+    deadline = time.monotonic() + 600
+    while True:  # the worker runs in the background; wait for it to finish both
+        shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+        runs, pending = runs_from_show(shown, "reports/evaluate.json")
+        if not pending.get("queued") and not pending.get("running"):
+            break
+        assert time.monotonic() < deadline, f"the queue did not finish: {pending}"
+        time.sleep(2)
+    assert sorted(r.name for r in runs) == [f"seed{s}" for s in STUDY_SEEDS], pending
+    return workspace

@@ -9,9 +9,9 @@ from outside (test-only, for tests/test_train.py and tests/test_slurm.py).
 the memory bank, so the model and bank in memory are half-way through a step.
 `save NAME FRACTION`: in the first save_checkpoint of a file called NAME, once FRACTION
 of the checkpoint's bytes are in the temporary file and before it is renamed into place.
-`hold EPOCH MARKER`: once last.pt of epoch EPOCH is written, create the file MARKER and
-wait to be killed (scancel, a SLURM time limit); with MARKER already there, the run is
-left alone, so a retry trains to the end.
+`hold EPOCH MARKER`: once last.pt of epoch EPOCH is written, write this process's pid to
+the file MARKER and wait to be killed (scancel, a SLURM time limit); with MARKER already
+there, the run is left alone, so a retry trains to the end.
 The process kills itself (or waits), so the point is exact and no timing is involved; if
 the point is never reached the stage finishes normally (exit 0), which the caller treats
 as a failure. ARGS go to the stage (e.g. --params FILE).
@@ -80,7 +80,9 @@ def hold_after(epoch: int, marker: Path) -> None:
     def save(path: str | Path, state: dict[str, Any]) -> None:
         real_save(path, state)
         if Path(path).name == "last.pt" and state["epoch"] == epoch:
-            marker.touch()
+            written = marker.with_name(marker.name + ".tmp")
+            written.write_text(str(os.getpid()))  # whom to signal, in place at once
+            written.replace(marker)
             while True:
                 time.sleep(1)
 

@@ -26,6 +26,7 @@ import yaml
 from dvc_pipeline import DvcStage, dvc_stages
 from pipeline_runs import (
     BIN,
+    STUDY_SEEDS,
     DvcRun,
     artifact_files,
     assert_same_artifacts,
@@ -262,30 +263,7 @@ def test_snakemake_refuses_an_override_it_cannot_honour(
 # ---------------------------------------------------------------------------------------
 # A seed study: experiments queued and run by DVC, aggregated by `invprop study`
 
-STUDY_SEEDS = (1, 2)
 STUDY_FIGURES = ("knn_clean/features/k20/top1", "linear/top1")
-
-
-@pytest.fixture(scope="module")
-def seed_study(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the DVC workspace, its other experiments removed, in which one experiment
-    per seed was queued (up to evaluate, baseline on) and run by DVC's queue worker."""
-    workspace = copy_workspace(dvc_run.workspace, tmp_path_factory, "study")
-    run(["dvc", "exp", "remove", "--all-commits"], workspace, check=False)
-    for seed in STUDY_SEEDS:
-        queue = ["dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "evaluate"]
-        run([*queue, "-S", f"seed={seed}"], workspace)
-    run(["dvc", "queue", "start", "--jobs", "1"], workspace)
-    deadline = time.monotonic() + 600
-    while True:  # the worker runs in the background; wait for it to finish both
-        shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
-        runs, pending = runs_from_show(shown, "reports/evaluate.json")
-        if not pending.get("queued") and not pending.get("running"):
-            break
-        assert time.monotonic() < deadline, f"the queue did not finish: {pending}"
-        time.sleep(2)
-    assert sorted(r.name for r in runs) == [f"seed{s}" for s in STUDY_SEEDS], pending
-    return workspace
 
 
 def test_seed_study_pairs_invp_with_its_baseline_by_seed(seed_study: Path) -> None:
