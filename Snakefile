@@ -163,6 +163,7 @@ rule instance_discrimination:
     input:
         "stages/instance_discrimination.py",
         "invprop/augment.py",
+        "invprop/baselines.py",
         "invprop/bounds.py",
         "invprop/checkpoint.py",
         "invprop/data",

@@ -28,6 +28,7 @@ __all__ = [
     "POSITIVES",
     "PROPAGATORS",
     "TABLE_REFRESHES",
+    "TRAINING_BASELINES",
     "LargestSet",
 ]
 
@@ -69,3 +70,7 @@ TABLE_REFRESHES = ("online", "bank", "clean")
 # graph.backend, besides "auto" (invprop.neighbour_search.NEIGHBOUR_BACKENDS), and graph.index.
 NEIGHBOUR_BACKENDS = ("faiss", "torch")
 NEIGHBOUR_INDEXES = ("flat", "ivf", "hnsw")
+
+# Baselines trained by a stage of their own, named as the baseline (invprop/stages/<name>.py,
+# switched by evaluate.baselines.<name>), with their row in the report's results table.
+TRAINING_BASELINES: dict[str, str] = {"instance_discrimination": "Instance discrimination"}

@@ -123,3 +123,16 @@ def test_propagate_holds_a_propagator_to_its_declared_width(monkeypatch) -> None
     monkeypatch.setitem(names.PROPAGATORS, "one_hop", names.PROPAGATORS["exact"])
     with pytest.raises(ValueError, match=r"'one_hop' returned sets 2 wide, .* as 14 \(k=2"):
         propagate(table, anchors, 3, "one_hop")
+
+
+def test_each_training_baseline_has_a_switch_a_stage_and_a_results_row() -> None:
+    from invprop.config import BaselinesConfig
+    from invprop.pipeline import STAGE_NAMES, STAGES
+    from invprop.tables import METHODS, pipeline_runs
+
+    switches = typing.get_type_hints(BaselinesConfig)
+    runs = [stage for stage, _ in pipeline_runs(Config())]
+    for name, label in names.TRAINING_BASELINES.items():
+        assert switches[name] is bool
+        assert name in STAGE_NAMES and STAGES[name] == f"invprop.stages.{name}:run"
+        assert (label, name) in METHODS and name in runs
