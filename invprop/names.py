@@ -54,7 +54,7 @@ HEAD_INITS = ("torch", "xavier_uniform")
 LargestSet = Callable[[int, int], int]
 # pretrain.propagator (invprop.method.PROPAGATORS), each with its largest positive set as a
 # function of (k, hops): params refuse a pretrain.n_pos above it, and every propagation is
-# checked to be exactly that wide (invprop.method.propagate).
+# checked to be exactly that wide (the function invprop.method.propagate).
 PROPAGATORS: dict[str, LargestSet] = {
     "exact": max_positives,
     "concat": max_positives,
