@@ -13,13 +13,13 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint dataset browser
+.PHONY: setup run test lint dataset browser slurm
 
 setup: $(STAMP) dataset
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,cpu,export]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,cpu,export,slurm]'
 	@touch $@
 
 # The embedded default dataset: Debian's package, where apt is usable (root, or sudo).
@@ -41,10 +41,19 @@ browser:
 			|| echo "warning: could not install chromium; the explorer page's browser test will skip"; \
 	fi
 
+# A local SLURM for the cluster profile's tests (profiles/slurm/local_slurm.py): Debian's
+# slurmctld, slurmd, munge, slurmdbd and MariaDB, where apt is usable as root (the tests
+# skip, saying so, elsewhere: the daemons and network namespaces need root).
+slurm:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		python3 profiles/slurm/local_slurm.py install --accounting \
+			|| echo "warning: could not install SLURM; the tests on a local SLURM will skip"; \
+	fi
+
 run: setup
 	$(BIN)/dvc repro
 
-test: setup browser
+test: setup browser slurm
 	$(BIN)/python -m pytest -q
 
 lint: setup

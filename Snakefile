@@ -11,6 +11,7 @@
 from snakemake.utils import min_version
 
 from invprop.config import config_from_dict, restore_types, save_params
+from invprop.slurm import status_problem
 
 min_version("9.0")
 
@@ -29,8 +30,19 @@ PARAMS = save_params(RESOLVED, ".snakemake/invprop/params.yaml")
 DATA = config["data"]["name"]
 TARGETS = config["transfer"]["targets"]
 TAGS = config["embed"]["tags"]
-# pretrain.processes > 1: the training rules start DDP with one process per GPU.
+# pretrain.processes > 1: the training rules start DDP with one process per GPU; with
+# pretrain.nodes > 1, one SLURM job spans that many nodes with `processes` GPUs on each
+# (--gres counts per node, --gpus the whole job).
 TRAINING_GPUS = config["pretrain"]["processes"]
+TRAINING_NODES = config["pretrain"]["nodes"]
+if TRAINING_NODES == 1:
+    TRAINING_RESOURCES = {"gpu": TRAINING_GPUS}
+else:
+    TRAINING_RESOURCES = {
+        "nodes": TRAINING_NODES,
+        "gres": f"gpu:{TRAINING_GPUS}",
+        "tasks_per_gpu": 1,
+    }
 PREPARED = f"data/prepared/{DATA}"
 
 
@@ -48,6 +60,19 @@ def tracked(*keys):
 def one_of(names):
     """A wildcard constraint matching exactly these names."""
     return "|".join(names) or "^$"
+
+
+# Snakemake's SLURM executor polls a job-status command (sacct or squeue) and waits
+# forever when it cannot answer, e.g. sacct on a cluster without accounting: stop at once.
+onstart:
+    plugin = workflow.executor_plugin
+    if plugin is not None and plugin.cli_prefix == "slurm":
+        settings = workflow.executor_settings
+        problem = status_problem(
+            settings.status_command, settings.init_seconds_before_status_checks
+        )
+        if problem:
+            raise WorkflowError(problem)
 
 
 # Light rules run on the submitting machine, never queued as cluster jobs.
@@ -137,6 +162,7 @@ rule pretrain:
         "invprop/neighbour_search.py",
         "invprop/registry.py",
         "invprop/sampling.py",
+        "invprop/slurm.py",
         "invprop/stages/pretrain.py",
         "invprop/training.py",
         "invprop/workspace.py",
@@ -149,7 +175,7 @@ rule pretrain:
     params:
         tracked=tracked("seed", "data", "model", "augment", "pretrain", "embed.batch_size"),
     resources:
-        gpu=TRAINING_GPUS,
+        **TRAINING_RESOURCES,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     log:
         "logs/pretrain.log",
@@ -176,6 +202,7 @@ rule instance_discrimination:
         "invprop/neighbour_search.py",
         "invprop/registry.py",
         "invprop/sampling.py",
+        "invprop/slurm.py",
         "invprop/stages/instance_discrimination.py",
         "invprop/training.py",
         "invprop/workspace.py",
@@ -196,7 +223,7 @@ rule instance_discrimination:
             "evaluate.baselines.instance_discrimination",
         ),
     resources:
-        gpu=TRAINING_GPUS,
+        **TRAINING_RESOURCES,
     threads: workflow.cores  # Snakemake sets OMP_NUM_THREADS from this
     log:
         "logs/instance_discrimination.log",

@@ -50,14 +50,15 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 
 # Pretrain keys that do not change what training computes: editing them keeps a run.
-# Params that change how a run is carried out, not what it computes (processes: DDP gives
-# the same training up to float noise, tests/test_distributed.py).
+# Params that change how a run is carried out, not what it computes (processes, nodes: DDP
+# gives the same training up to float noise, tests/test_distributed.py, tests/test_slurm.py).
 BOOKKEEPING_KEYS = (
     "snapshot_epochs",
     "device",
     "threads",
     "num_workers",
     "processes",
+    "nodes",
     "monitor_knn",
     "compile",
 )

@@ -183,7 +183,9 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = _f(None, ge=1)
     num_workers: int = _f(0, ge=0)
+    # DDP: processes per node (one per GPU), on `nodes` nodes of a SLURM allocation.
     processes: int = _f(1, ge=1)
+    nodes: int = _f(1, ge=1)
     monitor_knn: bool = True
 
 

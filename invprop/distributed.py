@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 
 from invprop.errors import InvpropError
+from invprop.slurm import Allocation, NodeTask
 
 if TYPE_CHECKING:
     from invprop.config import Config
@@ -41,6 +42,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "broadcast_",
+    "gather_objects",
     "process_group",
     "rank_device",
     "relaunched",
@@ -82,38 +84,63 @@ class Ranks:
 
 
 def relaunched(stage: str, cfg: Config) -> bool:
-    """With `pretrain.processes` > 1 outside torchrun: run `stage` again under torchrun,
-    one process per GPU of this node, with exactly this config; True once it has finished.
+    """Run `stage` again as DDP processes when `pretrain.processes` or `pretrain.nodes` ask
+    for more than this process, with exactly this config; True once they have finished.
 
-    So `dvc repro`, Snakemake and `invprop stage` start DDP from a param, with their usual
-    command. Under torchrun already (WORLD_SIZE set, e.g. a multi-node launch by hand) or
-    with one process, returns False and the caller trains here.
+    One node: torchrun, one process per GPU (`processes`). Several nodes (a SLURM
+    allocation): srun starts the stage once on every node, and each of those tasks starts
+    torchrun for its node, with the rendezvous from SLURM's environment (invprop.slurm).
+    So `dvc repro`, Snakemake and `invprop stage` start DDP from params, with their usual
+    command. Under torchrun already (WORLD_SIZE set, e.g. a launch by hand) or with one
+    process in all, returns False and the caller trains here.
     """
-    processes = cfg.pretrain.processes
-    if processes == 1 or Ranks.from_env().distributed:
+    p = cfg.pretrain
+    if Ranks.from_env().distributed:
         return False
-    with tempfile.TemporaryDirectory(prefix="invprop-launch-") as folder:
+    task = NodeTask.from_env()
+    if task is not None and task.nodes != p.nodes:
+        raise InvpropError(
+            f"this process is one of {task.nodes} tasks, one per node of a SLURM step, but "
+            f"pretrain.nodes is {p.nodes}; set pretrain.nodes: {task.nodes} or start one task"
+        )
+    if p.nodes == 1 and p.processes == 1:
+        return False
+    allocation = None
+    if p.nodes > 1 and task is None:
+        allocation = Allocation.of_this_job()
+        if len(allocation.hosts) != p.nodes:
+            raise InvpropError(
+                f"pretrain.nodes is {p.nodes} but SLURM job {allocation.job_id} has "
+                f"{len(allocation.hosts)} nodes ({', '.join(allocation.hosts)}); "
+                f"submit it with --nodes={p.nodes}"
+            )
+    # Written in the workspace, which every node sees (a cluster's shared file system).
+    with tempfile.TemporaryDirectory(prefix=".invprop-launch-", dir=".") as folder:
         params = os.path.join(folder, "params.yaml")
         with open(params, "w") as file:
             yaml.safe_dump(cfg.to_dict(), file)
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            "-m",
-            "invprop.pipeline",
-            stage,
-            "--params",
-            params,
-        ]
-        if subprocess.run(command).returncode != 0:
-            raise InvpropError(
-                f"the {stage} stage failed in one of its {processes} processes (its error is "
-                "above); pretrain.processes: 1 runs it in this process"
-            )
+        stage_command = ["-m", "invprop.pipeline", stage, "--params", params]
+        if task is not None:
+            options = task.torchrun_options(p.processes)
+        elif allocation is None:
+            options = ["--standalone", f"--nproc_per_node={p.processes}"]
+        else:
+            command = allocation.srun_each_node([sys.executable, *stage_command])
+            _run_launch(command, stage, f"its {p.nodes} nodes", Allocation.srun_env())
+            return True
+        command = [sys.executable, "-m", "torch.distributed.run", *options, *stage_command]
+        _run_launch(command, stage, f"its {p.nodes * p.processes} processes")
     return True
+
+
+def _run_launch(
+    command: list[str], stage: str, where: str, env: dict[str, str] | None = None
+) -> None:
+    if subprocess.run(command, env=env).returncode != 0:
+        raise InvpropError(
+            f"the {stage} stage failed in one of {where} (its error is above); "
+            "pretrain.processes: 1 and pretrain.nodes: 1 run it in this process"
+        )
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
@@ -173,6 +200,15 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if _active():
         dist.all_reduce(tensor)
     return tensor
+
+
+def gather_objects(obj: object) -> list[object]:
+    """`obj` of every rank, in rank order (picklable objects; [obj] for one process)."""
+    if not _active():
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier() -> None:

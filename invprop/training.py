@@ -56,6 +56,7 @@ from invprop.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_,
+    gather_objects,
     process_group,
     rank_device,
     sync_batchnorm,
@@ -500,6 +501,12 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
 
     if live is not None:
         live.end()
+    bank_digests = gather_objects(bank.digest())
+    if len(set(bank_digests)) > 1:  # every rank applied the same gathered updates
+        raise InvpropError(
+            f"the ranks' memory banks differ at the end of training (sha256 {bank_digests}); "
+            "this is a bug in invprop's DDP: please report it. Nothing was published"
+        )
     if ranks.is_main:
         save_checkpoint(checkpoints.final, state.to_checkpoint(cfg))
         run.publish()
@@ -515,5 +522,8 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         # Per epoch, so that `dvc exp show` carries them for every experiment of a study.
         "table_purity": [r.get("table_purity") for r in state.history],
         "table_seconds": sum(r["table_seconds"] for r in state.history),
+        # DDP: every rank ended with this same bank (checked above).
+        "ranks": ranks.world_size,
+        "bank_sha256": bank_digests[0],
     }
     return summary

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -415,3 +416,24 @@ def pil_images(images: np.ndarray) -> list:
     if images.shape[1] == 1:
         return [Image.fromarray(image[0]) for image in images]
     return [Image.fromarray(image.transpose(1, 2, 0)) for image in images]
+
+
+# ---------------------------------------------------------------------------------------
+# The tiny pipeline, copied and run by DVC once per session (tests/pipeline_runs.py): the
+# orchestrator tests and the SLURM tests compare their runs against the same one.
+
+
+@pytest.fixture(scope="session")
+def pipeline_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline_runs import make_pipeline_copy
+
+    return make_pipeline_copy(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def dvc_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """pipeline_runs.DvcRun: the pipeline after one `dvc repro`, committed. Tests that
+    change it work on a copy (pipeline_runs.copy_workspace)."""
+    from pipeline_runs import make_dvc_run
+
+    return make_dvc_run(pipeline_copy, tmp_path_factory)

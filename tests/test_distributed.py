@@ -3,6 +3,7 @@ references, and two ranks training exactly like one process with the same global
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from invprop.checkpoint import load_checkpoint
 from invprop.config import config_from_dict
 from invprop.distributed import CpuSyncBatchNorm, Ranks, all_gather_rows, sync_batchnorm
 from invprop.errors import InvpropError
+from invprop.method import MemoryBank
 from invprop.models import Encoder
 from invprop.stages.prepare import prepare
 from invprop.training import check_fits
@@ -197,6 +199,10 @@ def test_two_ranks_train_like_one_process(
     a = load_checkpoint(one_process)
     b = load_checkpoint(run_pretrain(folder, launcher, processes=processes))
     assert a["params_hash"] == b["params_hash"]  # the process count is bookkeeping
+    # Both ranks ended with the same bank (the stage checks their digests), rank 0's here.
+    report = json.loads((folder / "reports/pretrain.json").read_text())
+    assert report["ranks"] == WORLD
+    assert report["bank_sha256"] == MemoryBank.digest_of(b["bank"])
     assert a["model"].keys() == b["model"].keys()
     assert relative_error(weights(b), weights(a)) <= WEIGHTS_BOUND
     for name, tensor in a["model"].items():

@@ -233,3 +233,15 @@ def test_load_inside_a_parent_module_and_missing_keys() -> None:
     del state["bank.neighbours"]
     with pytest.raises(RuntimeError, match="Missing key"):
         parent.load_state_dict(state)
+
+
+def test_digest_is_a_function_of_the_bank_contents() -> None:
+    a, b = MemoryBank(10, 4, 2), MemoryBank(10, 4, 2)
+    a.init_random(torch.Generator().manual_seed(0))
+    b.init_random(torch.Generator().manual_seed(0))
+    assert a.digest() == b.digest()
+    b.neighbours[3, 1] = 7  # the table counts as well as the vectors
+    assert a.digest() != b.digest()
+    b.load_state_dict(a.state_dict())
+    b.vectors[0, 0] = torch.nextafter(b.vectors[0, 0], torch.tensor(2.0))  # one ulp
+    assert a.digest() != b.digest()

@@ -1,14 +1,10 @@
 """Both orchestrators run the real pipeline end to end on tiny data (tests/pipeline_params.yaml).
 
-One DVC workspace serves the DVC checks (full run, no-op rerun, an experiment, a params
-change that reruns only what follows) and the check that Snakemake then has nothing to do;
-a second workspace runs Snakemake, whose metrics and artifacts must equal DVC's. DvcStage
-names come from dvc.yaml, so the tests follow the pipeline as stages are added.
-
-Each workspace is a copy of the pipeline files (dvc.yaml, Snakefile, stages/, invprop/,
-profiles/, .dvcignore) taken once per session, so both orchestrators run the same code
-even while the repository changes underneath. The stages import `invprop` from the copy
-(PYTHONPATH), so the code DVC hashes is the code that runs.
+One DVC workspace (conftest's session fixture `dvc_run`) serves the DVC checks (full run,
+no-op rerun, an experiment, a params change that reruns only what follows) and the check
+that Snakemake then has nothing to do; a second workspace runs Snakemake, whose metrics and
+artifacts must equal DVC's. DvcStage names come from dvc.yaml, so the tests follow the
+pipeline as stages are added. Workspaces and comparisons: tests/pipeline_runs.py.
 """
 
 from __future__ import annotations
@@ -16,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -29,76 +23,30 @@ from typing import Any
 
 import pytest
 import yaml
-from dvc_pipeline import DvcStage, dvc_stages, tiny_params
-from run_comparison import without_timing
+from dvc_pipeline import DvcStage, dvc_stages
+from pipeline_runs import (
+    BIN,
+    DvcRun,
+    artifact_files,
+    assert_same_artifacts,
+    command_env,
+    comparable_file,
+    copy_workspace,
+    run,
+    within,
+)
 from scipy import stats
 
-from invprop.config import config_from_dict
 from invprop.study import runs_from_show
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PIPELINE_FILES = ("dvc.yaml", "Snakefile", ".dvcignore", "stages", "invprop", "profiles")
 # Metric keys that are fractions: accuracies, neighbour purity, coverage, recall.
 FRACTION_KEY = re.compile(r"(^|/|_)(top\d+|purity|coverage|recall|accuracy)(_|$)")
 
 
 # ---------------------------------------------------------------------------------------
 # Helpers
-
-
-def command_env(cwd: Path, first_on_path: Path | None = None) -> dict[str, str]:
-    """The environment the venv's tools run with in workspace `cwd`."""
-    path = os.pathsep.join(
-        [*([str(first_on_path)] if first_on_path else []), str(BIN), os.environ.get("PATH", "")]
-    )
-    env = {
-        **os.environ,
-        "PATH": path,
-        "PYTHONPATH": str(cwd),
-        "DVC_NO_ANALYTICS": "1",
-        # Bytecode in invprop/ is covered by its own test below.
-        "PYTHONDONTWRITEBYTECODE": "1",
-        # Snakemake runs each job with OMP_NUM_THREADS = its threads (1 here); DVC passes
-        # the environment on. One thread for both, so float sums agree to the last bit.
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("SNAKEMAKE_PROFILE", None)
-    return env
-
-
-def run(
-    args: list[str], cwd: Path, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run a command of the venv in `cwd`, stdout and stderr together in `.stdout`."""
-    result = subprocess.run(
-        args,
-        cwd=cwd,
-        env=command_env(cwd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"`{' '.join(args)}` exited with {result.returncode} in {cwd}:\n"
-            + result.stdout[-6000:]
-        )
-    return result
-
-
-def commit(workspace: Path, message: str) -> None:
-    run(["git", "add", "-A"], workspace)
-    run(["git", "commit", "-q", "--allow-empty", "-m", message], workspace)
 
 
 def ran_stages(output: str) -> set[str]:
@@ -130,10 +78,6 @@ def set_param(workspace: Path, key: str, value: Any) -> None:
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def downstream(stages: dict[str, DvcStage], roots: set[str]) -> set[str]:
     """`roots` and every stage that depends on their outputs, transitively."""
     found = set(roots)
@@ -155,113 +99,8 @@ def reads_param(stage: DvcStage, key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in stage.params)
 
 
-def comparable_file(path: Path) -> Any:
-    """What must be equal between two runs: JSON without timings, checkpoints by tensors."""
-    if path.suffix == ".json":
-        return without_timing(json.loads(path.read_text()))
-    if path.suffix == ".pt":
-        from invprop.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path)
-        return {
-            "epoch": state["epoch"],
-            "params_hash": state["params_hash"],
-            "config": state["config"],
-            "history": without_timing(state.get("history")),
-            "tensors": {
-                f"{part}/{name}": tensor.numpy().tobytes()
-                for part in ("model", "bank")
-                for name, tensor in state[part].items()
-            },
-        }
-    return path.read_bytes()
-
-
-def artifact_files(workspace: Path, out: str) -> dict[str, Path]:
-    """The files of one output (a file or a folder), minus Snakemake's directory stamps."""
-    path = workspace / out
-    if path.is_file():
-        return {out: path}
-    return {
-        str(p.relative_to(workspace)): p
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != ".snakemake_timestamp"
-    }
-
-
 # ---------------------------------------------------------------------------------------
 # Workspaces
-
-
-def _require_tools() -> None:
-    for tool in ("dvc", "snakemake"):
-        if not (BIN / tool).exists():
-            pytest.skip(f"{tool} is not installed in {BIN}")
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-
-
-@pytest.fixture(scope="module")
-def pipeline_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pipeline files, copied once, with params.yaml = repo params + tiny overlay."""
-    _require_tools()
-    base = tmp_path_factory.mktemp("pipeline")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake_timestamp")
-    for name in PIPELINE_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, base / name, ignore=ignore)
-        elif source.is_file():
-            shutil.copy2(source, base / name)
-    # Any other file a stage depends on (not made by a stage), e.g. a report template.
-    repo_stages = dvc_stages(ROOT).values()
-    made = [out for stage in repo_stages for out in stage.outs]
-    for stage in repo_stages:
-        for dep in stage.deps:
-            source, target = ROOT / dep, base / dep
-            if target.exists() or not source.exists() or any(within(dep, m) for m in made):
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=ignore)
-            else:
-                shutil.copy2(source, target)
-    params = tiny_params(ROOT)
-    config_from_dict(params)  # the tiny params must be valid for the current schema
-    (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (base / ".gitignore").write_text("__pycache__/\n.snakemake/\n")
-    return base
-
-
-def copy_workspace(source: Path, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """A copy of a workspace (git, DVC cache and all), without Snakemake's metadata."""
-    workspace = tmp_path_factory.mktemp(name)
-    shutil.copytree(
-        source,
-        workspace,
-        dirs_exist_ok=True,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(".snakemake"),
-    )
-    return workspace
-
-
-@dataclass
-class DvcRun:
-    workspace: Path
-    first: subprocess.CompletedProcess[str]
-
-
-@pytest.fixture(scope="module")
-def dvc_run(pipeline_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> DvcRun:
-    """A git + DVC repository of the pipeline after one `dvc repro`, committed."""
-    workspace = copy_workspace(pipeline_copy, tmp_path_factory, "dvc")
-    run(["git", "init", "-q"], workspace)
-    run(["dvc", "init", "-q"], workspace)
-    commit(workspace, "pipeline")
-    first = run(["dvc", "repro"], workspace)
-    commit(workspace, "dvc repro")
-    return DvcRun(workspace, first)
 
 
 @pytest.fixture(scope="module")
@@ -371,20 +210,7 @@ def test_changing_graph_k_reruns_only_graph_and_what_follows(
 def test_snakemake_gives_the_same_metrics_and_artifacts_as_dvc(
     dvc_run: DvcRun, snakemake_run: Path, stages: dict[str, DvcStage]
 ) -> None:
-    compared = 0
-    for stage in stages.values():
-        for metric in stage.metrics:
-            dvc_values = without_timing(json.loads((dvc_run.workspace / metric).read_text()))
-            smk_values = without_timing(json.loads((snakemake_run / metric).read_text()))
-            assert smk_values == dvc_values, metric
-            compared += 1
-        for out in stage.cached:
-            dvc_files = artifact_files(dvc_run.workspace, out)
-            smk_files = artifact_files(snakemake_run, out)
-            assert sorted(smk_files) == sorted(dvc_files), out
-            for rel, path in dvc_files.items():
-                assert comparable_file(smk_files[rel]) == comparable_file(path), rel
-    assert compared
+    assert assert_same_artifacts(snakemake_run, dvc_run.workspace, stages)
     evaluate = flatten(json.loads((snakemake_run / "reports/evaluate.json").read_text()))
     assert not any(math.isnan(v) for v in evaluate.values() if isinstance(v, float))
 

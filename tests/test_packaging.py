@@ -1,6 +1,6 @@
 """The set-ups install exactly one neighbour-search package (faiss-cpu and faiss-gpu both
 provide the `faiss` module, and pip cannot install one in place of the other), and the
-export extra."""
+export and slurm extras, which the tests need."""
 
 from __future__ import annotations
 
@@ -20,23 +20,41 @@ def faiss_packages(requirements: list[str]) -> list[str]:
     return [r for r in requirements if re.match(r"faiss[-_]", r)]
 
 
+def makefile_extras() -> set[str]:
+    """The extras the Makefile's set-up installs: `--editable '.[dev,cpu,...]'`."""
+    match = re.search(r"--editable '\.\[([^\]]+)\]'", (ROOT / "Makefile").read_text())
+    assert match, "the Makefile installs the project with no extras"
+    return set(match.group(1).split(","))
+
+
 def test_faiss_is_an_extra_and_the_makefile_installs_the_cpu_one() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert faiss_packages(project["dependencies"]) == []
     assert [p.split(">")[0] for p in faiss_packages(extras["cpu"])] == ["faiss-cpu"]
     assert [p.split(">")[0] for p in faiss_packages(extras["gpu"])] == ["faiss-gpu"]
-    assert "--editable '.[dev,cpu,export]'" in (ROOT / "Makefile").read_text()
+    assert "cpu" in makefile_extras() and "gpu" not in makefile_extras()
 
 
-def test_the_export_extra_is_installed_by_the_makefile_and_pinned() -> None:
-    """`invprop ckpt export`'s packages: an extra (the export names it when one is missing),
-    which `make` installs so that CI runs tests/test_export.py, each pinned."""
+@pytest.mark.parametrize(
+    ("extra", "packages"),
+    [
+        ("export", ["timm", "safetensors", "onnx", "onnxscript", "onnxruntime"]),
+        ("slurm", ["snakemake-executor-plugin-slurm"]),
+    ],
+)
+def test_the_extras_the_tests_need_are_installed_by_the_makefile_and_pinned(
+    extra: str, packages: list[str]
+) -> None:
+    """`invprop ckpt export`'s packages and Snakemake's SLURM executor: extras (the export
+    names its extra when a package is missing), which `make` installs so that CI runs
+    tests/test_export.py and tests/test_slurm.py, each pinned."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    names = [re.split(r"[<>=]", requirement)[0] for requirement in extras["export"]]
-    assert names == ["timm", "safetensors", "onnx", "onnxscript", "onnxruntime"]
+    names = [re.split(r"[<>=]", requirement)[0] for requirement in extras[extra]]
+    assert names == packages
+    assert extra in makefile_extras()
     pinned = {
         line.split("==")[0].lower()
         for line in (ROOT / "constraints.txt").read_text().splitlines()

@@ -9,6 +9,7 @@ instead of 0, k is a parameter instead of 4, and the bank can be filled by a for
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -127,6 +128,19 @@ class MemoryBank(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}, k={self.k}"
+
+    def digest(self) -> str:
+        """sha256 of the vectors' and the table's bytes: equal banks, equal digests (DDP
+        ranks compare theirs at the end of training)."""
+        return self.digest_of(self.state_dict())
+
+    @staticmethod
+    def digest_of(state: dict[str, Tensor]) -> str:
+        """`digest` of a bank's state dict (e.g. a checkpoint's "bank")."""
+        digest = hashlib.sha256()
+        for name in ("vectors", "neighbours"):
+            digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @torch.no_grad()
     def init_random(self, generator: torch.Generator) -> None:
