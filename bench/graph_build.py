@@ -201,7 +201,7 @@ def bfs(sizes: list[int], ks: list[int], hop_counts: list[int], n_pos: int, repe
     selection at every hop, CSR); best of ``repeat``."""
     import torch
 
-    from invprop.method.propagate import propagate_exact
+    from invprop.method.propagation import propagate_exact
     from invprop.positive_sets import propagation_stats
 
     for n in sizes:

@@ -5,7 +5,9 @@ reads it, applies `key.sub=value` overrides and returns a frozen `Config`; every
 checked (type, range, choices, cross-field rules) before any work starts, and errors name
 the key, the value and what is allowed. Defaults live here and only here.
 
-This module imports no torch, so the CLI answers `--help` fast.
+The choices of every extension point (datasets, backbones, propagators, ...) are the lists
+of `invprop.names`, which the registries share. This module imports no torch, so the CLI
+answers `--help` fast.
 """
 
 from __future__ import annotations
@@ -23,20 +25,9 @@ from typing import Any, Literal
 
 import yaml
 
+from invprop import names
 from invprop.bounds import max_positives
 from invprop.errors import InvpropError
-
-DATASET_NAMES = (
-    "fashion_mnist",
-    "digits",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "stl10",
-    "imagefolder",
-    "synthetic",
-)
-
 
 # Keys renamed so that one name means one thing (evaluate.knn_k is the classifier's k list;
 # propagate is a stage): the old name gets a one-line error that names the new one.
@@ -69,19 +60,19 @@ def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
         (section, name), (_, new_name) = old.split("."), new.split(".")
         if name in out.get(section, {}):
             out[section][new_name] = out[section].pop(name)
-    for dotted, names in RENAMED_VALUES.items():
+    for dotted, renames in RENAMED_VALUES.items():
         *sections, name = dotted.split(".")
         node: Any = out
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and _renamed(names, node.get(name)) is not None:
-            node[name] = _renamed(names, node[name])
+        if isinstance(node, dict) and _renamed(renames, node.get(name)) is not None:
+            node[name] = _renamed(renames, node[name])
     return out
 
 
-def _renamed(names: dict[str | bool, str], value: Any) -> str | None:
+def _renamed(renames: dict[str | bool, str], value: Any) -> str | None:
     """The current name of an old value (a string, or a bool once a flag), else None."""
-    return names.get(value) if isinstance(value, str | bool) else None
+    return renames.get(value) if isinstance(value, str | bool) else None
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -113,14 +104,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["small_cnn", "resnet18_cifar", "resnet50"] = "small_cnn"
+    backbone: Literal[names.BACKBONES] = "small_cnn"
     # mlp_no_bn: the authors' Linear-ReLU-Linear; mlp_hidden_bn: with a hidden BatchNorm;
     # mlp_hidden_out_bn: with an output BatchNorm too (invprop.models.build_head).
-    head: Literal["linear", "mlp_no_bn", "mlp_hidden_bn", "mlp_hidden_out_bn"] = "mlp_hidden_bn"
+    head: Literal[names.HEADS] = "mlp_hidden_bn"
     dim: int = _f(128, ge=2, le=4096)
     # The head's Linear layers: PyTorch's default initialisation, or the authors' ResNet-50
     # one (models/resnet.py:139-141: Xavier-uniform weights, zero biases).
-    head_init: Literal["torch", "xavier_uniform"] = "torch"
+    head_init: Literal[names.HEAD_INITS] = "torch"
 
 
 @dataclass(frozen=True)
@@ -167,19 +158,19 @@ class PretrainConfig:
     # augmented view against the bank), or rebuilt once per epoch as the exact k-NN of the
     # bank itself ("bank") or of clean, un-augmented embeddings of the train split ("clean").
     # The default "clean" was chosen on held-out train data (docs/results.md, seed studies).
-    table_refresh: Literal["online", "bank", "clean"] = "clean"
+    table_refresh: Literal[names.TABLE_REFRESHES] = "clean"
     invp: bool = True
     # Neighbours per row of the memory bank's k-NN table (propagation walks them).
     k: int = _f(4, ge=1)
     hops: int = _f(3, ge=1)
     n_pos: int = _f(20, ge=1)
     n_background: int = _f(4096, ge=1)
-    positives: Literal["hard", "easy"] = "hard"
+    positives: Literal[names.POSITIVES] = "hard"
     # How positives are propagated: exact BFS (the paper) or concat (the authors' code).
-    propagator: Literal["exact", "concat"] = "exact"
+    propagator: Literal[tuple(names.PROPAGATORS)] = "exact"
     # paper: B(i) of the paper; code: the authors' default (--exclusive 1); code_inclusive:
     # their --exclusive 0 (invprop.method.loss.invariance_loss).
-    background: Literal["code", "code_inclusive", "paper"] = "paper"
+    background: Literal[names.BACKGROUNDS] = "paper"
     # eps in -log(ratio + eps) of both losses: 0, the exact loss, or the authors' guard
     # 1e-7 (objective.py lines 115 and 132), which caps each loss at -log(eps).
     loss_eps: float = _f(0.0, ge=0, lt=1)
@@ -208,8 +199,8 @@ class EmbedConfig:
 @dataclass(frozen=True)
 class GraphConfig:
     k: int = _f(20, ge=1)
-    backend: Literal["auto", "faiss", "torch"] = "auto"
-    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    backend: Literal[("auto", *names.NEIGHBOUR_BACKENDS)] = "auto"
+    index: Literal[names.NEIGHBOUR_INDEXES] = "flat"
     ivf_nlist: int = _f(1024, ge=1)
     ivf_nprobe: int = _f(16, ge=1)
     hnsw_m: int = _f(32, ge=2)
@@ -332,8 +323,8 @@ class Config:
     def to_dict(self, *sections: str) -> dict[str, Any]:
         """Plain nested dict (tuples as lists) of the named sections, or of all of them, as
         it would appear in params.yaml. Only the named sections are read."""
-        names = sections or tuple(f.name for f in dataclasses.fields(self))
-        values = {name: getattr(self, name) for name in names}
+        named = sections or tuple(f.name for f in dataclasses.fields(self))
+        values = {name: getattr(self, name) for name in named}
         plain = {
             k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
             for k, v in values.items()
@@ -499,14 +490,15 @@ def _validate(cfg: Config) -> None:
             raise InvpropError(f"params: {message}")
 
     p = cfg.pretrain
+    datasets = ", ".join(names.DATASETS)
     need(
-        cfg.data.name in DATASET_NAMES,
-        f"data.name = {cfg.data.name!r} is not a known dataset; one of {', '.join(DATASET_NAMES)}",
+        cfg.data.name in names.DATASETS,
+        f"data.name = {cfg.data.name!r} is not a known dataset; one of {datasets}",
     )
     for target in cfg.transfer.targets:
         need(
-            target in DATASET_NAMES,
-            f"transfer.targets has unknown dataset {target!r}; one of {', '.join(DATASET_NAMES)}",
+            target in names.DATASETS,
+            f"transfer.targets has unknown dataset {target!r}; one of {datasets}",
         )
     need(
         cfg.data.name not in cfg.transfer.targets,
@@ -535,11 +527,12 @@ def _validate(cfg: Config) -> None:
             f"{name} has {len(values or [])} values for data.channels = {cfg.data.channels}; "
             "give one per input channel",
         )
-    largest = max_positives(p.k, p.hops)
+    # The bound each propagator declares with its name (exact and concat: k + ... + k^hops).
+    largest = names.PROPAGATORS[p.propagator](p.k, p.hops)
     need(
         p.n_pos <= largest,
-        f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set "
-        f"k + k^2 + ... + k^hops = {largest} (k={p.k}, hops={p.hops}); "
+        f"pretrain.n_pos = {p.n_pos} exceeds the largest possible positive set of "
+        f"pretrain.propagator {p.propagator!r}, {largest} (k={p.k}, hops={p.hops}); "
         "lower pretrain.n_pos or raise pretrain.k / pretrain.hops",
     )
     largest = max_positives(cfg.propagate.k, cfg.propagate.hops)
@@ -586,11 +579,11 @@ def _validate(cfg: Config) -> None:
         f"evaluate.linear.milestones = {lin.milestones} has epochs past evaluate.linear.epochs "
         f"= {lin.epochs}; remove them or raise epochs",
     )
-    names = [layer.name for layer in lin.layers]
-    need(bool(names), "evaluate.linear.layers is empty; list at least one layer (features)")
+    layers = [layer.name for layer in lin.layers]
+    need(bool(layers), "evaluate.linear.layers is empty; list at least one layer (features)")
     need(
-        len(set(names)) == len(names),
-        f"evaluate.linear.layers names a layer twice: {', '.join(names)}",
+        len(set(layers)) == len(layers),
+        f"evaluate.linear.layers names a layer twice: {', '.join(layers)}",
     )
     need(
         all(layer.grid == 1 for layer in lin.layers if layer.name == "features"),

@@ -25,8 +25,9 @@ Formats (`FORMATS`):
   exporter (onnxscript), opset 18.
 
 Only backbones with a standard counterpart (`COUNTERPARTS`) go to torchvision and timm;
-the others (small_cnn, resnet18_cifar) are refused with the reason, and go to safetensors
-and ONNX, whose printed code rebuilds them from torch.nn and torchvision alone.
+the others (small_cnn, resnet18_cifar, and any backbone without an entry there, which is
+taken for invprop's own network) are refused with the reason, and go to safetensors and
+ONNX, whose printed code rebuilds them from torch.nn and torchvision alone.
 
 Metadata, all strings (safetensors and ONNX alike): ``architecture`` (invprop's backbone
 name), ``image_size``, ``channels``, ``stored_size``, ``mean``, ``std`` (JSON lists): the
@@ -112,6 +113,8 @@ COUNTERPARTS: dict[str, Counterpart] = {
         "", standard=False, why_not="it is invprop's own 4-layer CNN for 28x28 images"
     ),
 }
+# The counterpart of a backbone COUNTERPARTS does not name (a new one needs no entry here).
+OWN_NETWORK = Counterpart("", standard=False, why_not="it is invprop's own network")
 
 
 @dataclass
@@ -471,7 +474,7 @@ def export_backbone(
     pre = checkpoint_preprocessing(state, str(checkpoint))
     encoder, cfg, _ = encoder_from_checkpoint(state)
     name = cfg.model.backbone
-    counterpart = COUNTERPARTS[name]
+    counterpart = COUNTERPARTS.get(name, OWN_NETWORK)
     _check_target(fmt, counterpart, name, head, checkpoint)
 
     metadata = _metadata(encoder, name, state, pre, cfg.model.head if head else None)

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop import names
 from invprop.errors import InvpropError
 from invprop.logs import track
+from invprop.registry import Registry
 
 __all__ = [
     "INDEXES",
@@ -45,7 +47,7 @@ __all__ = [
     "topk_chunks",
 ]
 
-INDEXES = ("flat", "ivf", "hnsw")
+INDEXES = names.NEIGHBOUR_INDEXES
 # faiss on a GPU answers at most 2048 neighbours per query.
 FAISS_GPU_MAX_K = 2048
 # Queries per faiss search call: progress granularity, no effect on the result.
@@ -139,6 +141,15 @@ def faiss_settings(threads: int | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------
 # Backends: search(database [N, d], queries [Q, d], k, index, options) -> (ids, sims, device)
 
+SearchFn = Callable[
+    [np.ndarray, np.ndarray, int, str, dict[str, Any]], tuple[np.ndarray, np.ndarray, str]
+]
+NEIGHBOUR_BACKENDS: Registry[SearchFn] = Registry(
+    "neighbour backend",
+    names.NEIGHBOUR_BACKENDS,
+    hint=" (or auto: faiss when it is installed, else torch)",
+)
+
 
 def _faiss_gpu_wanted(option: bool | None, k: int, index: str) -> bool:
     import faiss
@@ -218,6 +229,7 @@ def _query_blocks(n: int, block: int) -> Iterator[slice]:
         yield slice(start, min(start + block, n))
 
 
+@NEIGHBOUR_BACKENDS.register("faiss")
 def _faiss_search(
     database: np.ndarray, queries: np.ndarray, k: int, index: str, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -261,6 +273,7 @@ def topk_chunks(
         yield rows, top.values, top.indices
 
 
+@NEIGHBOUR_BACKENDS.register("torch")
 def _torch_search(
     database: np.ndarray, queries: np.ndarray, k: int, index: str, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -281,13 +294,6 @@ def _torch_search(
     return ids, sims, str(device)
 
 
-SearchFn = Callable[
-    [np.ndarray, np.ndarray, int, str, dict[str, Any]], tuple[np.ndarray, np.ndarray, str]
-]
-
-NEIGHBOUR_BACKENDS: dict[str, SearchFn] = {"faiss": _faiss_search, "torch": _torch_search}
-
-
 def resolve_backend(backend: str) -> str:
     """``auto`` -> faiss when it imports, else torch (with a warning); check the name."""
     if backend == "auto":
@@ -302,10 +308,7 @@ def resolve_backend(backend: str) -> str:
             return "torch"
         return "faiss"
     if backend not in NEIGHBOUR_BACKENDS:
-        raise InvpropError(
-            f"unknown neighbour backend {backend!r}; use auto or one of "
-            + ", ".join(NEIGHBOUR_BACKENDS)
-        )
+        raise NEIGHBOUR_BACKENDS.unknown(backend)
     if backend == "faiss":
         try:
             import faiss  # noqa: F401

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from invprop import workspace
+from invprop import names, workspace
 from invprop.config import Config, load_config
 from invprop.errors import InvpropError
 from invprop.io import write_json
@@ -28,7 +28,7 @@ from invprop.logs import get_logger, launch_rank, setup_logging
 STAGE_NAMES = (
     "prepare",
     "pretrain",
-    "instance_discrimination",
+    *names.TRAINING_BASELINES,  # a stage each, named as the baseline
     "embed",
     "graph",
     "propagate",

@@ -1,6 +1,6 @@
 """What invariance propagation finds for every anchor, and how pure it is.
 
-Exact propagation (invprop.method.propagate) from every node of a k-NN graph or of a
+Exact propagation (invprop.method.propagation) from every node of a k-NN graph or of a
 memory bank's neighbour table, with the hard and easy positives selected from each set;
 the propagate stage, `invprop propagate|bank` and the neighbourhood view all use it.
 
@@ -28,7 +28,7 @@ from invprop.errors import InvpropError
 from invprop.logs import get_logger, progress, track
 from invprop.method.bank import table_purity
 from invprop.method.loss import select_positives
-from invprop.method.propagate import Propagation, max_positives, propagate_concat, propagate_exact
+from invprop.method.propagation import Propagation, max_positives, propagate_concat, propagate_exact
 
 __all__ = [
     "KINDS",

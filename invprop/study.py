@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from invprop import names
 from invprop.config import flat_keys
 from invprop.errors import InvpropError
 
@@ -216,8 +217,8 @@ def _representations(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
         for name in run.metrics
         if any(name.endswith("/" + key) and name.count("/") == key.count("/") + 1 for key in keys)
     }
-    order = {"invp": 0, "instance_discrimination": 1}
-    return sorted(found, key=lambda prefix: (order.get(prefix, 2), prefix))
+    order = {name: i for i, name in enumerate(["invp", *names.TRAINING_BASELINES])}
+    return sorted(found, key=lambda prefix: (order.get(prefix, len(order)), prefix))
 
 
 def study_table(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from invprop import names
 from invprop.errors import InvpropError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ DASH = "–"
 # (row name, key prefix in evaluate.json)
 METHODS = (
     ("InvP", "invp"),
-    ("Instance discrimination", "instance_discrimination"),
+    *((label, name) for name, label in names.TRAINING_BASELINES.items()),
     ("Random init", "random_init"),
     ("Raw pixels", "pixels"),
 )
@@ -292,7 +293,7 @@ def pipeline_runs(cfg: Config) -> list[tuple[str, str]]:
     pipeline `cfg` describes, in pipeline order, e.g. ("embed@final", "embed_final")."""
     runs = [("prepare", f"prepare_{cfg.data.name}")]
     runs += [(f"prepare_target@{target}", f"prepare_{target}") for target in cfg.transfer.targets]
-    runs += [("pretrain", "pretrain"), ("instance_discrimination", "instance_discrimination")]
+    runs += [("pretrain", "pretrain"), *((name, name) for name in names.TRAINING_BASELINES)]
     for stage in ("embed", "graph", "propagate"):
         runs += [(f"{stage}@{tag}", f"{stage}_{tag}") for tag in cfg.embed.tags]
     return runs + [(name, name) for name in ("evaluate", "transfer", "report")]

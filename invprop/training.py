@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
+from invprop import names
 from invprop.augment import BatchAugment
 from invprop.checkpoint import (
     CHECKPOINT_VERSION,
@@ -65,6 +67,7 @@ from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
 from invprop.models import Encoder
+from invprop.registry import Registry
 from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
 LOG = get_logger("pretrain")
@@ -302,6 +305,32 @@ def monitor_knn(
     return result[MONITOR_K]["top1"]
 
 
+TableRebuild = Callable[[Encoder, MemoryBank, PreparedDataset, Config, torch.device], None]
+# pretrain.table_refresh -> the table's rebuild at the end of each epoch; None for "online",
+# whose rows are refreshed in each step instead (MemoryBank.update).
+TABLE_REFRESHES: Registry[TableRebuild | None] = Registry("table refresh", names.TABLE_REFRESHES)
+TABLE_REFRESHES.add("online", None)
+
+
+@TABLE_REFRESHES.register("bank")
+def _rebuild_from_bank(
+    encoder: Encoder, bank: MemoryBank, prepared: PreparedDataset, cfg: Config, device: torch.device
+) -> None:
+    """Exact k-NN of the bank itself."""
+    bank.rebuild_table()
+
+
+@TABLE_REFRESHES.register("clean")
+def _rebuild_from_clean_embeddings(
+    encoder: Encoder, bank: MemoryBank, prepared: PreparedDataset, cfg: Config, device: torch.device
+) -> None:
+    """Exact k-NN of clean embeddings of the train split by the current network."""
+    _, embeddings = extract(
+        encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
+    )
+    bank.rebuild_table(torch.nn.functional.normalize(embeddings.to(device), dim=1))
+
+
 def refreshes_online(cfg: Config) -> bool:
     """Whether the table is refreshed row by row in each step, not rebuilt once per epoch.
 
@@ -309,7 +338,7 @@ def refreshes_online(cfg: Config) -> bool:
     refreshed online, at no cost, whatever pretrain.table_refresh says: the baseline does
     not pay for a rebuild it never uses.
     """
-    return cfg.pretrain.table_refresh == "online" or not cfg.pretrain.invp
+    return TABLE_REFRESHES[cfg.pretrain.table_refresh] is None or not cfg.pretrain.invp
 
 
 def rebuild_table(
@@ -319,15 +348,11 @@ def rebuild_table(
     cfg: Config,
     device: torch.device,
 ) -> None:
-    """The once-per-epoch table of pretrain.table_refresh: exact k-NN of the bank itself
-    ("bank"), or of clean embeddings of the train split by the current network ("clean")."""
-    if cfg.pretrain.table_refresh == "bank":
-        bank.rebuild_table()
-        return
-    _, embeddings = extract(
-        encoder, prepared.train, prepared.meta, cfg, device, cfg.embed.batch_size
-    )
-    bank.rebuild_table(torch.nn.functional.normalize(embeddings.to(device), dim=1))
+    """The once-per-epoch table of pretrain.table_refresh (TABLE_REFRESHES)."""
+    rebuild = TABLE_REFRESHES[cfg.pretrain.table_refresh]
+    if rebuild is None:
+        raise ValueError("the online table refresh has no per-epoch rebuild")
+    rebuild(encoder, bank, prepared, cfg, device)
 
 
 def train(cfg: Config, run: TrainingRun = PRETRAIN) -> dict[str, Any]:

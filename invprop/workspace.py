@@ -7,12 +7,12 @@ Paths are relative to the workspace root, the folder holding dvc.yaml; functions
 
     artifact                             written by        reached through
     data/prepared/<dataset>/             prepare           prepared_dir, prepared_dataset
-    models/<run>/last.pt, final.pt,      pretrain,         TrainingRun (PRETRAIN,
-      snapshots/epoch_NNNN.pt            instance_discr.   INSTANCE_DISCRIMINATION)
+    models/<run>/last.pt, final.pt,      pretrain, each    TrainingRun (PRETRAIN,
+      snapshots/epoch_NNNN.pt            training baseline baseline_run(name))
     models/in_progress/<run>/            (the same)        TrainingRun.training()
     dvclive/<run>/plots/metrics/*.tsv    the same          TrainingRun.metrics
     artifacts/embeddings/<tag>/          embed             load_embeddings, save_embeddings
-    artifacts/embeddings/instance_discrimination/          (the same)
+    artifacts/embeddings/<baseline>/     its stage         baseline_embeddings(name)
     artifacts/graph/<tag>/               graph             load_graph, save_graph
     artifacts/propagation/<tag>/         propagate         load_positives, save_propagation
     artifacts/transfer/subsets/          transfer          save_transfer_subsets
@@ -77,6 +77,9 @@ __all__ = [
     "TRANSFER_DIR",
     "EmbeddingSet",
     "TrainingRun",
+    "baseline_embeddings",
+    "baseline_off",
+    "baseline_run",
     "check_tag",
     "checkpoint_for_tag",
     "embeddings_dir",
@@ -280,9 +283,15 @@ class TrainingRun:
 
 
 PRETRAIN = TrainingRun(Path("models/pretrain"), Path("dvclive/pretrain"))
-INSTANCE_DISCRIMINATION = TrainingRun(
-    Path("models/instance_discrimination"), Path("dvclive/instance_discrimination")
-)
+
+
+def baseline_run(name: str) -> TrainingRun:
+    """Where training baseline `name` (invprop.names.TRAINING_BASELINES) keeps its
+    checkpoints and curves: models/<name>/ and dvclive/<name>/, beside pretrain's."""
+    return TrainingRun(PRETRAIN.checkpoints.parent / name, PRETRAIN.curves.parent / name)
+
+
+INSTANCE_DISCRIMINATION = baseline_run("instance_discrimination")
 
 
 def checkpoint_for_tag(tag: str, run: TrainingRun = PRETRAIN) -> Path:
@@ -295,10 +304,19 @@ def checkpoint_for_tag(tag: str, run: TrainingRun = PRETRAIN) -> Path:
 # Embeddings: artifacts/embeddings/<tag>/
 
 
-INSTANCE_DISCRIMINATION_EMBEDDINGS = EMBEDDINGS_DIR / "instance_discrimination"
-# What evaluate reports and the instance_discrimination folder's status.json says when the
-# baseline is off.
-INSTANCE_DISCRIMINATION_OFF = "not run (evaluate.baselines.instance_discrimination is off)"
+def baseline_embeddings(name: str) -> Path:
+    """The embeddings of training baseline `name`'s final checkpoint, beside the tags'."""
+    return EMBEDDINGS_DIR / name
+
+
+def baseline_off(name: str) -> str:
+    """What evaluate reports, and the baseline's embeddings folder's status.json says, when
+    training baseline `name` is off."""
+    return f"not run (evaluate.baselines.{name} is off)"
+
+
+INSTANCE_DISCRIMINATION_EMBEDDINGS = baseline_embeddings("instance_discrimination")
+INSTANCE_DISCRIMINATION_OFF = baseline_off("instance_discrimination")
 
 
 def embeddings_dir(tag: str, root: str | Path = ".") -> Path:

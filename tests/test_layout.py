@@ -7,6 +7,7 @@ Uses the import walk of tests/test_stage_deps.py (function-level imports include
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 from dvc_pipeline import dvc_stages
@@ -22,6 +23,20 @@ def invprop_modules() -> list[str]:
         ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for path in (ROOT / "invprop").rglob("*.py")
     )
+
+
+def test_no_name_in_a_package_hides_one_of_its_modules() -> None:
+    """`import invprop.x.y as m` gives the module y, never an object of package x that is
+    also named y (the function invprop.method.propagate hid its module until that was
+    renamed invprop.method.propagation)."""
+    hidden = []
+    for module in invprop_modules():
+        package, _, name = module.rpartition(".")
+        imported = importlib.import_module(module)  # which binds it in its package
+        if package and getattr(importlib.import_module(package), name) is not imported:
+            hidden.append(module)
+    assert hidden == []
+    assert "invprop.method.propagation" in invprop_modules()
 
 
 def test_each_stage_lives_in_a_module_named_as_its_dvc_stage() -> None:
@@ -42,14 +57,20 @@ def test_no_stage_imports_another_stage() -> None:
 
 
 def test_primitives_import_neither_the_workspace_nor_a_stage() -> None:
-    # Above the primitives: the workspace, the training loop the two training stages share
-    # (it reads prepared data and writes checkpoints through the workspace), the stages,
-    # the CLI and the dispatcher.
-    upper = ("invprop.workspace", "invprop.training", "invprop.stages", "invprop.cli")
+    # Above the primitives: the workspace, the training loop the training stages share
+    # (it reads prepared data and writes checkpoints through the workspace) and the body
+    # of the training baselines' stages, the stages, the CLI and the dispatcher.
+    upper = (
+        "invprop.workspace",
+        "invprop.training",
+        "invprop.baselines",
+        "invprop.stages",
+        "invprop.cli",
+    )
     primitives = [
         m for m in invprop_modules() if not m.startswith(upper) and m != "invprop.pipeline"
     ]
-    assert "invprop.inference" in primitives and "invprop.method.propagate" in primitives
+    assert "invprop.inference" in primitives and "invprop.method.propagation" in primitives
     for module in primitives:
         found = imported_modules(module_file(module))
         assert not {m for m in found if m.startswith(upper)}, module

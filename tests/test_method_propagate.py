@@ -9,7 +9,7 @@ from conftest import bfs_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invprop.method.propagate import (
+from invprop.method.propagation import (
     Propagation,
     hop_counts,
     max_positives,
@@ -169,12 +169,27 @@ def test_propagate_all_chunks_match_one_call(mode: str) -> None:
 
 def test_propagate_rejects_bad_inputs() -> None:
     table = random_table(0, 10, 2, 0.0)
-    with pytest.raises(ValueError, match="unknown propagation mode"):
+    with pytest.raises(ValueError, match=r"unknown propagator 'bfs'; allowed: concat, exact"):
         propagate(table, torch.arange(3), 2, "bfs")
     with pytest.raises(ValueError):
         propagate_exact(table.int(), torch.arange(3), 2)
     with pytest.raises(ValueError):
         propagate_exact(table, torch.arange(3), 0)
+
+
+def test_the_old_module_path_still_imports_with_a_deprecation_warning() -> None:
+    import invprop.method
+
+    message = (
+        r"^invprop\.method\.propagate was renamed invprop\.method\.propagation; "
+        r"import propagate_exact from there$"
+    )
+    with pytest.warns(DeprecationWarning, match=message):
+        from invprop.method.propagate import propagate_exact as old
+    assert old is propagate_exact
+    # the package's `propagate` is the function; the module has a name of its own
+    assert invprop.method.propagate is propagate
+    assert invprop.method.propagation.propagate is propagate
 
 
 def test_hop_counts_per_hop_and_cumulative() -> None:
@@ -201,6 +216,7 @@ def test_propagate_cuda_matches_cpu_without_sync() -> None:
     torch.cuda.set_sync_debug_mode("error")
     try:
         got = [propagate_exact(table_c, anchors_c, 3), propagate_concat(table_c, anchors_c, 3)]
+        propagate(table_c, anchors_c, 3, "concat")  # its width check reads shapes only
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for g, w in zip(got, want, strict=True):

@@ -122,7 +122,9 @@ def test_errors_are_clear():
         knn_search(x, np.ones((3, 5), np.float32), 2)
     with pytest.raises(InvpropError, match="2-D"):
         knn_graph(x[0], 3)
-    with pytest.raises(InvpropError, match="unknown neighbour backend"):
+    with pytest.raises(
+        InvpropError, match="unknown neighbour backend 'annoy'; allowed: faiss, torch"
+    ):
         knn_graph(x, 3, backend="annoy")
     with pytest.raises(InvpropError, match="unknown index"):
         knn_graph(x, 3, index="lsh")

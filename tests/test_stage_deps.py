@@ -25,6 +25,12 @@ NOT_DEPENDENCIES = {
     # a new key must not rerun everything. Its defaults cannot change a computation
     # unnoticed: params.yaml restates every one (tests/test_config.py).
     "invprop/config.py": "values tracked as params",
+    # The allowed names of params values (invprop/names.py): a name picks which registered
+    # code runs, and that code is listed; adding a name must rerun nothing. A propagator's
+    # declared largest positive set only bounds params and is checked against its code. A
+    # training baseline's name comes with its evaluate.baselines key and its stage's
+    # outputs, which the stages that read them track.
+    "invprop/names.py": "allowed params values only",
     # The exception type that carries user errors; no computation.
     "invprop/errors.py": "exception type only",
     # Loads params, dispatches to the stage function and records its wall time and memory

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from invprop.config import DATASET_NAMES
+from invprop import names
 from invprop.errors import InvpropError
 from invprop.logs import get_logger
+from invprop.registry import Registry
 
 if TYPE_CHECKING:
     from invprop.config import Config
@@ -165,20 +166,20 @@ class DatasetSource:
     default_root: str | None = None
 
 
-DATASETS: dict[str, DatasetSource] = {}
+DATASETS: Registry[DatasetSource] = Registry(
+    "dataset",
+    names.DATASETS,
+    hint=" (set data.name or the prepare stage's argument to one of them)",
+)
 
 
 def register(
     name: str, *, format: Format, layout: str, default_root: str | None = None
 ) -> Callable[[Reader], Reader]:
-    """Class-free registry decorator: `@register("cifar10", format="arrays", layout=...)`."""
+    """Registry decorator for a reader: `@register("cifar10", format="arrays", layout=...)`."""
 
     def add(read: Reader) -> Reader:
-        if name not in DATASET_NAMES:
-            raise ValueError(f"dataset {name!r} is not in config.DATASET_NAMES")
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        DATASETS[name] = DatasetSource(name, format, read, layout, default_root)
+        DATASETS.add(name, DatasetSource(name, format, read, layout, default_root))
         return read
 
     return add
@@ -186,11 +187,6 @@ def register(
 
 def get_source(name: str) -> DatasetSource:
     """The registered source of dataset `name`, or an error listing the known ones."""
-    if name not in DATASETS:
-        raise InvpropError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))} "
-            "(set data.name or the prepare stage's argument to one of them)"
-        )
     return DATASETS[name]
 
 

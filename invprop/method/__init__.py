@@ -1,5 +1,14 @@
-"""The InvP method core: memory bank, invariance propagation and losses (pure functions)."""
+"""The InvP method core: memory bank, invariance propagation and losses (pure functions).
 
+Modules: `bank` (MemoryBank), `propagation` (the propagators and `propagate`), `loss`.
+"""
+
+import sys
+import types
+import warnings
+from typing import Any
+
+from invprop.method import propagation
 from invprop.method.bank import MemoryBank, knn_table, neighbours_excluding_self, table_purity
 from invprop.method.loss import (
     BACKGROUND_MODES,
@@ -14,7 +23,7 @@ from invprop.method.loss import (
     select_positives,
     top_background,
 )
-from invprop.method.propagate import (
+from invprop.method.propagation import (
     PROPAGATORS,
     Propagation,
     hop_counts,
@@ -50,3 +59,30 @@ __all__ = [
     "table_purity",
     "top_background",
 ]
+
+
+def _renamed_module(old: str, module: types.ModuleType) -> types.ModuleType:
+    """A stand-in for a module's former name: reading any name from it warns once per
+    place and returns the renamed module's."""
+    alias = types.ModuleType(old, f"Deprecated alias of {module.__name__}.")
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):  # what the import system asks of any module
+            raise AttributeError(name)
+        warnings.warn(
+            f"{old} was renamed {module.__name__}; import {name} from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(module, name)
+
+    alias.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return alias
+
+
+# The module of propagators was invprop.method.propagate, a name the function `propagate`
+# hid (`import invprop.method.propagate as m` gave the function). Code that imports from
+# the old module path keeps working, with a DeprecationWarning.
+sys.modules.setdefault(
+    f"{__name__}.propagate", _renamed_module(f"{__name__}.propagate", propagation)
+)

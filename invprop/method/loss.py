@@ -21,16 +21,20 @@ of WangFeng18/InvariancePropagation (lines 109-146 at cad924e; the same arithmet
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from invprop.method.propagate import Propagation
+from invprop import names
+from invprop.method.propagation import Propagation
+from invprop.registry import Registry
 
 __all__ = [
     "BACKGROUND_MODES",
     "POSITIVE_MODES",
+    "Background",
     "InvPLoss",
     "TopM",
     "bank_similarities",
@@ -42,8 +46,10 @@ __all__ = [
     "top_background",
 ]
 
-POSITIVE_MODES = ("hard", "easy")
-BACKGROUND_MODES = ("code", "code_inclusive", "paper")
+# pretrain.positives -> whether the most similar members are taken (easy) or the least (hard).
+POSITIVE_MODES: Registry[bool] = Registry("positives mode", names.POSITIVES)
+POSITIVE_MODES.add("hard", False)
+POSITIVE_MODES.add("easy", True)
 
 
 class TopM(NamedTuple):
@@ -97,12 +103,10 @@ def select_positives(
     candidate can be selected several times and the anchor itself can be selected. Unlike the
     authors (who take min(P, C)), P > C is an error (docs/method.md, "Edge rules").
     """
-    if mode not in POSITIVE_MODES:
-        raise ValueError(f"unknown positives mode {mode!r}; use one of {POSITIVE_MODES}")
+    easy = POSITIVE_MODES[mode]
     c = prop.ids.shape[1]
     if not 1 <= n_pos <= c:
         raise ValueError(f"n_pos must be in [1, {c}] (largest positive set), got {n_pos}")
-    easy = mode == "easy"
     cand = sim.detach().float().gather(1, prop.ids)
     cand = cand.masked_fill(~prop.mask, -math.inf if easy else math.inf)  # masked sort last
     slot = cand.topk(n_pos, dim=1, largest=easy, sorted=True).indices
@@ -157,6 +161,45 @@ def _membership(query: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     return keys.gather(1, pos) == query
 
 
+class Background(NamedTuple):
+    """What a background mode's denominator D(i) may use, for a batch of B anchors."""
+
+    self_logit: Tensor  # [B] S[i,i] / tau
+    logits: Tensor  # [B, M] S / tau over N_M(i)
+    ids: Tensor  # [B, M] N_M(i), bank ids
+    is_self: Tensor  # [B, M] which N_M entries are the anchor i
+    log_num: Tensor  # [B] log of the numerator, sum over the selected positives N^h(i)
+    prop: Propagation  # [B, C] the full propagated sets
+
+
+# pretrain.background -> log D(i) [B] (see invariance_loss).
+BACKGROUND_MODES: Registry[Callable[[Background], Tensor]] = Registry(
+    "background mode", names.BACKGROUNDS
+)
+
+
+@BACKGROUND_MODES.register("code")
+def _code_background(bg: Background) -> Tensor:
+    if bg.ids.shape[1] < 2:
+        raise ValueError("background='code' needs n_background >= 2")
+    log_others = torch.logsumexp(bg.logits.masked_fill(bg.is_self, -math.inf), dim=1)
+    # i outside N_M: every bg term >= E[i,i], so E[i,i]/sum <= 1/M and log1p is safe
+    frac = torch.where(bg.is_self.any(dim=1), 0.0, torch.exp(bg.self_logit - log_others))
+    return log_others + torch.log1p(-frac)
+
+
+@BACKGROUND_MODES.register("code_inclusive")
+def _code_inclusive_background(bg: Background) -> Tensor:
+    return torch.logsumexp(bg.logits, dim=1)
+
+
+@BACKGROUND_MODES.register("paper")
+def _paper_background(bg: Background) -> Tensor:
+    drop = _membership(bg.ids, bg.prop.ids, bg.prop.mask) | bg.is_self
+    log_bg, has_bg = _masked_logsumexp(bg.logits, ~drop)
+    return torch.where(has_bg, torch.logaddexp(log_bg, bg.log_num), bg.log_num)
+
+
 def _invariance_from_logits(
     self_logit: Tensor,
     bg_logits: Tensor,
@@ -169,23 +212,10 @@ def _invariance_from_logits(
     eps: float,
 ) -> Tensor:
     """L_inv [B] from logits S/tau: self [B], background [B, M], selected positives [B, P]."""
-    if background not in BACKGROUND_MODES:
-        raise ValueError(f"unknown background mode {background!r}; use one of {BACKGROUND_MODES}")
+    log_denominator = BACKGROUND_MODES[background]
     is_self = bg_ids == anchors.unsqueeze(1)
     log_num, has_pos = _masked_logsumexp(pos_logits, pos_mask)
-    if background == "code":
-        if bg_ids.shape[1] < 2:
-            raise ValueError("background='code' needs n_background >= 2")
-        log_others = torch.logsumexp(bg_logits.masked_fill(is_self, -math.inf), dim=1)
-        # i outside N_M: every bg term >= E[i,i], so E[i,i]/sum <= 1/M and log1p is safe
-        frac = torch.where(is_self.any(dim=1), 0.0, torch.exp(self_logit - log_others))
-        log_den = log_others + torch.log1p(-frac)
-    elif background == "code_inclusive":
-        log_den = torch.logsumexp(bg_logits, dim=1)
-    else:
-        drop = _membership(bg_ids, prop.ids, prop.mask) | is_self
-        log_bg, has_bg = _masked_logsumexp(bg_logits, ~drop)
-        log_den = torch.where(has_bg, torch.logaddexp(log_bg, log_num), log_num)
+    log_den = log_denominator(Background(self_logit, bg_logits, bg_ids, is_self, log_num, prop))
     loss = _neg_log(log_num - log_den, eps)
     return torch.where(has_pos, loss, 0.0)
 

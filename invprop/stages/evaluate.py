@@ -2,8 +2,9 @@
 
 Reads `artifacts/embeddings/final/` (embed stage), `models/pretrain/final.pt` (its memory
 bank), `data/prepared/<data.name>/` (labels, and images for the baselines) and, when that
-baseline is on, `artifacts/embeddings/instance_discrimination/` (its own stage). Every input
-is checked before any work starts, with errors that name the file and the stage to rerun.
+baseline is on, `artifacts/embeddings/<baseline>/` of each training baseline (its own stage,
+invprop.baselines). Every input is checked before any work starts, with errors that name
+the file and the stage to rerun.
 
 Keys (all flat, "/"-separated, so DVC metrics, the report and `invprop metrics` read them
 directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
@@ -23,7 +24,8 @@ directly; K ranges over evaluate.knn_k, fractions are in [0, 1])::
     random_init/extract/seconds                              the network before training
     random_init/knn_clean/{embeddings,features}/k{K}/{top1,top5}, .../seconds
     random_init/linear/{top1,top5,c,seconds,protocol}
-    instance_discrimination/...                              same keys as invp (when on)
+    <training baseline>/...                                  same keys as invp (when on),
+                                                             e.g. instance_discrimination/...
     <baseline>/status                                        why a baseline did not run
     evaluate/{seconds,device,num_classes,train_images,test_images}
 
@@ -47,6 +49,7 @@ L-BFGS on frozen features (the augmented protocol trains on the whole train spli
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invprop import names
 from invprop.checkpoint import (
     build_encoder,
     checkpoint_config,
@@ -69,10 +73,10 @@ from invprop.linear import lbfgs_probe, linear_metrics, sgd_augmented_probe
 from invprop.logs import get_logger
 from invprop.sampling import holdout_split
 from invprop.workspace import (
-    INSTANCE_DISCRIMINATION_EMBEDDINGS,
-    INSTANCE_DISCRIMINATION_OFF,
     PRETRAIN,
     EmbeddingSet,
+    baseline_embeddings,
+    baseline_off,
     embeddings_dir,
     has_embeddings,
     load_embeddings,
@@ -341,6 +345,36 @@ def _load_run(
     return embeddings, state
 
 
+def _load_baseline(
+    name: str, prepared: Any, cfg: Config
+) -> tuple[EmbeddingSet, Tensor | None, dict[str, Any] | None]:
+    """The embeddings of training baseline `name`, with its checkpoint's bank and state when
+    the checkpoint its meta.json names is present (so the bank kNN and the sgd_augmented
+    probe can run too)."""
+    folder = baseline_embeddings(name)
+    if not has_embeddings(folder):
+        raise InvpropError(
+            f"evaluate.baselines.{name} is on but {folder}/ holds no embeddings; run its "
+            f"stage first (dvc repro {name}) or turn the baseline off"
+        )
+    named = load_embeddings(folder).meta.get("checkpoint")
+    checkpoint = Path(named) if named else None
+    embeddings, state = _load_run(folder, prepared, cfg, name, checkpoint)
+    bank = None
+    if state is not None and checkpoint is not None:
+        bank = _bank_for(state, len(prepared.train), checkpoint)
+    return embeddings, bank, state
+
+
+def _encoder_source(
+    state: dict[str, Any] | None, device: torch.device
+) -> Callable[[], torch.nn.Module] | None:
+    """What builds the encoder of a checkpoint's state on `device`; None without one."""
+    if state is None:
+        return None
+    return lambda: encoder_from_checkpoint(state, device)[0]
+
+
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Compute every metric of the evaluate stage and return them as one flat dict."""
     start = time.perf_counter()
@@ -354,62 +388,37 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         raise InvpropError(f"checkpoint not found: {checkpoint}; run the pretrain stage first")
     bank = _bank_for(state, len(prepared.train), checkpoint)
     baselines = cfg.evaluate.baselines
-    instance: tuple[EmbeddingSet, Tensor | None, dict[str, Any] | None] | None = None
-    if baselines.instance_discrimination:
-        if not has_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS):
-            raise InvpropError(
-                "evaluate.baselines.instance_discrimination is on but "
-                f"{INSTANCE_DISCRIMINATION_EMBEDDINGS}/ holds no embeddings; run its stage first "
-                "(dvc repro instance_discrimination) or turn the baseline off"
-            )
-        # Its meta.json names the checkpoint it came from: with it, the bank kNN and the
-        # sgd_augmented probe can run too.
-        named = load_embeddings(INSTANCE_DISCRIMINATION_EMBEDDINGS).meta.get("checkpoint")
-        id_checkpoint = Path(named) if named else None
-        id_embeddings, id_state = _load_run(
-            INSTANCE_DISCRIMINATION_EMBEDDINGS,
-            prepared,
-            cfg,
-            "instance_discrimination",
-            id_checkpoint,
-        )
-        id_bank = None
-        if id_state is not None and id_checkpoint is not None:
-            id_bank = _bank_for(id_state, len(prepared.train), id_checkpoint)
-        instance = (id_embeddings, id_bank, id_state)
+    trained = {
+        name: _load_baseline(name, prepared, cfg)
+        for name in names.TRAINING_BASELINES
+        if getattr(baselines, name)
+    }
 
     metrics: dict[str, Any] = {"invp/epoch": int(state["epoch"])}
     LOG.info(f"invp: kNN (K = {cfg.evaluate.knn_k}) and linear probe on {device}")
     metrics |= representation_metrics(
-        "invp",
-        invp,
-        bank,
-        lambda: encoder_from_checkpoint(state, device)[0],
-        prepared,
-        cfg,
-        device,
+        "invp", invp, bank, _encoder_source(state, device), prepared, cfg, device
     )
-    if instance is not None:
-        LOG.info("instance_discrimination baseline")
-        embeddings, id_bank, id_state = instance
-        source = None
-        if id_state is not None:
-            source = lambda: encoder_from_checkpoint(id_state, device)[0]  # noqa: E731
+    for name in names.TRAINING_BASELINES:
+        if name not in trained:
+            metrics[f"{name}/status"] = baseline_off(name)
+            continue
+        LOG.info(f"{name} baseline")
+        embeddings, baseline_bank, baseline_state = trained[name]
+        source = _encoder_source(baseline_state, device)
         metrics |= representation_metrics(
-            "instance_discrimination", embeddings, id_bank, source, prepared, cfg, device
+            name, embeddings, baseline_bank, source, prepared, cfg, device
         )
-    else:
-        metrics["instance_discrimination/status"] = INSTANCE_DISCRIMINATION_OFF
     if baselines.pixels:
         LOG.info("pixels baseline")
         metrics |= pixel_metrics(prepared, cfg, device)
     else:
-        metrics["pixels/status"] = "not run (evaluate.baselines.pixels is off)"
+        metrics["pixels/status"] = baseline_off("pixels")
     if baselines.random_init:
         LOG.info("random-init baseline")
         metrics |= random_init_metrics(prepared, cfg, device, checkpoint_config(state))
     else:
-        metrics["random_init/status"] = "not run (evaluate.baselines.random_init is off)"
+        metrics["random_init/status"] = baseline_off("random_init")
 
     metrics |= {
         "evaluate/seconds": round(time.perf_counter() - start, 3),

@@ -10,6 +10,10 @@ Positives are the nodes reachable from the anchor in 1..hops steps of the k-NN t
 
 Both return a fixed-shape :class:`Propagation` of width C = k + k^2 + ... + k^hops and never
 synchronise the host, so they can run inside a CUDA training step.
+
+Propagators are registered in ``PROPAGATORS`` under the names of ``invprop.names.PROPAGATORS``,
+which also declares each one's largest positive set C(k, hops): params validation bounds
+``pretrain.n_pos`` by it, and :func:`propagate` checks that every result is that wide.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from invprop import names
 from invprop.bounds import max_positives
+from invprop.registry import Registry
 
 __all__ = [
     "PROPAGATORS",
     "Propagation",
+    "Propagator",
     "hop_counts",
     "max_positives",
     "propagate",
@@ -105,6 +112,11 @@ def _compact(ids: Tensor, mask: Tensor, hop: Tensor) -> Propagation:
     return Propagation(ids, mask, hop)
 
 
+Propagator = Callable[[Tensor, Tensor, int], Propagation]
+PROPAGATORS: Registry[Propagator] = Registry("propagator", names.PROPAGATORS)
+
+
+@PROPAGATORS.register("exact")
 def propagate_exact(neighbours: Tensor, anchors: Tensor, hops: int) -> Propagation:
     """Exact BFS over the k-NN table: distinct nodes within 1..hops steps, anchor excluded.
 
@@ -132,6 +144,7 @@ def propagate_exact(neighbours: Tensor, anchors: Tensor, hops: int) -> Propagati
     return _compact(torch.cat(ids, 1), torch.cat(masks, 1), torch.cat(hop_ids, 1))
 
 
+@PROPAGATORS.register("concat")
 def propagate_concat(neighbours: Tensor, anchors: Tensor, hops: int) -> Propagation:
     """The authors' propagation: neighbour lists concatenated hop by hop, nothing removed.
 
@@ -156,19 +169,22 @@ def propagate_concat(neighbours: Tensor, anchors: Tensor, hops: int) -> Propagat
     return Propagation(torch.cat(ids, 1), torch.cat(masks, 1), torch.cat(hop_ids, 1))
 
 
-Propagator = Callable[[Tensor, Tensor, int], Propagation]
-
-PROPAGATORS: dict[str, Propagator] = {"exact": propagate_exact, "concat": propagate_concat}
-
-
 def propagate(neighbours: Tensor, anchors: Tensor, hops: int, mode: str = "exact") -> Propagation:
-    """Dispatch to the propagation named ``mode`` ("exact" or "concat")."""
-    try:
-        fn = PROPAGATORS[mode]
-    except KeyError:
-        msg = f"unknown propagation mode {mode!r}; use one of {list(PROPAGATORS)}"
-        raise ValueError(msg) from None
-    return fn(neighbours, anchors, hops)
+    """The positive sets of the propagator named ``mode`` ("exact", "concat", ...).
+
+    Checks the result's width against the largest positive set the propagator declares in
+    ``invprop.names.PROPAGATORS`` (a shape, so no host synchronisation): params validation
+    trusts that declaration.
+    """
+    prop = PROPAGATORS[mode](neighbours, anchors, hops)
+    declared = names.PROPAGATORS[mode](neighbours.shape[1], hops)
+    if prop.ids.shape[1] != declared:
+        raise ValueError(
+            f"propagator {mode!r} returned sets {prop.ids.shape[1]} wide, but invprop/names.py "
+            f"declares its largest positive set as {declared} (k={neighbours.shape[1]}, "
+            f"hops={hops}); make the two agree"
+        )
+    return prop
 
 
 def propagate_all(
