@@ -528,8 +528,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
         # Per epoch, so that `dvc exp show` carries them for every experiment of a study.
         "table_purity": [r.get("table_purity") for r in state.history],
         # Timings of the epochs this run trained (a resumed run's earlier epochs are not
-        # timed in checkpoints); images_per_second is the last of them, if any.
-        "epochs_trained": sum("epoch_seconds" in r for r in state.history),
+        # timed in checkpoints); images_per_second is the last of them, None if none.
         "images_per_second": last.get("images_per_second"),
         "seconds": sum(r.get("epoch_seconds", 0.0) for r in state.history),
         "table_seconds": sum(r.get("table_seconds", 0.0) for r in state.history),

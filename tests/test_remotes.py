@@ -8,6 +8,7 @@ PID. The README's "Sharing artifacts" section is what these tests run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -434,12 +435,19 @@ def test_an_interrupted_training_resumes_on_another_machine(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while not held.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.1)
-    os.kill(int(held.read_text()), signal.SIGTERM)  # the stage, as a time limit would
-    output = process.communicate(timeout=120)[0]
+    try:
+        deadline = time.monotonic() + 300
+        while not held.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.1)
+        os.kill(int(held.read_text()), signal.SIGTERM)  # the stage, as a time limit would
+        output = process.communicate(timeout=120)[0]
+    finally:  # nothing outlives a failed test
+        if process.poll() is None:
+            process.kill()
+        if held.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(held.read_text()), signal.SIGKILL)
     assert process.returncode != 0 and "stopped by SIGTERM" in output, output[-3000:]
     assert not (a / "models/pretrain").exists()
     assert (a / "models/in_progress/pretrain/last.pt").is_file()

@@ -67,7 +67,7 @@ local_slurm = _load_local_slurm()
 def _require_slurm() -> None:
     if os.geteuid() != 0:
         pytest.skip("the local SLURM needs root: its daemons run in network namespaces")
-    missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+    missing = [tool for tool in NEEDED if shutil.which(tool, path=local_slurm.SEARCH_PATH) is None]
     if missing:
         pytest.skip(
             f"{', '.join(missing)} not installed: `make test` installs Debian's SLURM packages "

@@ -372,11 +372,11 @@ def test_a_rerun_that_trains_the_same_writes_the_same_bytes(workdir: Path) -> No
     out = workdir / "models/pretrain"
     first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.pt"))}
     assert len(first) == 3  # last, final and the epoch-1 snapshot
-    assert summary["epochs_trained"] == 3 and summary["seconds"] > 0
+    assert summary["seconds"] > 0 and summary["images_per_second"] > 0
     for row in load_checkpoint(out / "final.pt")["history"]:
         assert not set(row) & set(train_module.TIMING_KEYS), row
     resumed = train(tiny_config())  # the finished run of these params: nothing to train
-    assert resumed["epochs_trained"] == 0 and resumed["images_per_second"] is None
+    assert resumed["seconds"] == 0 and resumed["images_per_second"] is None
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.pt"))} == first
     shutil.rmtree(out)
     train(tiny_config())  # from scratch

@@ -52,6 +52,8 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 ACCOUNTING_PACKAGES = ["slurmdbd", "mariadb-server"]
 DEFAULT_DIR = Path("/tmp/invprop-slurm")
 STATE_FILE = "cluster.json"
+# The daemons, `ip` and `runuser` live in sbin, which a user's PATH (or `env -i`) may lack.
+SEARCH_PATH = os.pathsep.join(filter(None, [os.environ.get("PATH"), "/usr/sbin", "/sbin"]))
 CLUSTER_NAME = "invprop"
 DAEMON_TIMEOUT = 30.0
 
@@ -99,7 +101,9 @@ class Cluster:
             "--mount",
             "sh",
             "-c",
-            'hostname "$0" && mount --bind "$1/hosts" /etc/hosts && mount --bind "$1" /etc/slurm'
+            # The caller's PATH, with sbin (the daemons) after it.
+            'export PATH="$PATH:/usr/sbin:/sbin" && hostname "$0"'
+            ' && mount --bind "$1/hosts" /etc/hosts && mount --bind "$1" /etc/slurm'
             ' && shift && exec "$@"',
             self.nodes[index],
             str(etc),
@@ -118,6 +122,7 @@ class Cluster:
 
 
 def sh(command: list[str], env: dict[str, str] | None = None, check: bool = True) -> str:
+    env = {**(env or os.environ), "PATH": SEARCH_PATH}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise SystemExit(
@@ -491,9 +496,9 @@ def start(
     if (folder / STATE_FILE).exists():
         raise SystemExit(f"error: a local SLURM already runs from {folder}; stop it first")
     for tool in ("slurmctld", "slurmd", "munged", "ip", "unshare", "sbatch"):
-        if shutil.which(tool) is None:
+        if shutil.which(tool, path=SEARCH_PATH) is None:
             raise SystemExit(f"error: {tool} is not installed; run `{sys.argv[0]} install` first")
-    if accounting and shutil.which("slurmdbd") is None:
+    if accounting and shutil.which("slurmdbd", path=SEARCH_PATH) is None:
         raise SystemExit(
             f"error: slurmdbd is not installed; run `{sys.argv[0]} install --accounting`"
         )
