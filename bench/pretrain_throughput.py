@@ -38,7 +38,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, object]:
     images = images.to(device)
 
     encoder = build_encoder(cfg).to(device)
-    if device.type == "cuda" and cfg.pretrain.channels_last:
+    if cfg.pretrain.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     model = torch.compile(encoder) if cfg.pretrain.compile else encoder
     bank = MemoryBank(n, cfg.model.dim, cfg.pretrain.k).to(device)

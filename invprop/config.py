@@ -176,8 +176,13 @@ class PretrainConfig:
     loss_eps: float = _f(0.0, ge=0, lt=1)
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
+    # The network's arithmetic, the same on every device (so CI rehearses on the CPU what a
+    # GPU runs): bf16 autocast (bf16), none (fp32), or auto: bf16 on CUDA, fp32 on the CPU,
+    # where bf16 is slower. The bank, the table, similarities and losses stay fp32 / int64.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # NHWC images and convolution weights (torch.channels_last), on every device.
     channels_last: bool = True
+    # torch.compile of the encoder (TorchInductor: Triton on CUDA, C++ on the CPU).
     compile: bool = False
     snapshot_epochs: list[int] = _f([], ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
