@@ -7,7 +7,10 @@ bank, SGD, table and bank refresh) on a batch of `MEASURED_BATCH` images of the 
 input size, with the propagation term on. Every counted operation is linear in the batch,
 so the count divided by the batch is the figure per trained image at any batch size. As
 everywhere FLOPs are quoted, a multiply-add counts 2 and elementwise work (BatchNorm,
-activations, exp, top-k, sorting, the optimizer's update) is not counted. The encoder's
+activations, exp, top-k, sorting, the optimizer's update) is not counted; of the
+augmentation, only the Gaussian blur's convolutions count. The step's figure is split
+into the encoder's (forward and backward), the augmentation's and the rest: the
+similarities to the bank and their gradient. The encoder's
 forward pass per image is measured the same way (in eval mode): what embedding, the
 "clean" table rebuild, the bank fill and the kNN monitor run.
 
@@ -24,7 +27,6 @@ capped by data.train_limit / test_limit. Image folders have none: pass the count
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from invprop.data.loader import batch_sizes
 from invprop.errors import InvpropError
 from invprop.io import read_json
 from invprop.method import MemoryBank
+from invprop.stages.instance_discrimination import instance_config
 from invprop.training import check_fits, make_optimizer, refreshes_online, training_step
 from invprop.workspace import META_FILE, prepared_dir
 
@@ -102,6 +105,7 @@ class Measured:
 
     step_flops: int
     encoder_step_flops: int
+    augment_flops: int
     forward_flops: int
     feature_dim: int
     model_bytes: int
@@ -129,12 +133,16 @@ def measure(cfg: Config, n: int) -> Measured:
     encoder.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as forward:
         encoder.embed(torch.zeros(MEASURED_BATCH, c, s, s))
-    # the counter files each count under the module that ran it, the encoder's by class name
-    encoder_step = sum(step.get_flop_counts().get(type(encoder).__name__, {}).values())
+    # the counter files each count under the module that ran it, by the module's class name
+    counts = step.get_flop_counts()
+    encoder_step, augment_step = (
+        sum(counts.get(type(module).__name__, {}).values()) for module in (encoder, augment)
+    )
     state = {"model": encoder.state_dict(), "optimizer": optimizer.state_dict()}
     return Measured(
         step_flops=step.get_total_flops() // MEASURED_BATCH,
         encoder_step_flops=encoder_step // MEASURED_BATCH,
+        augment_flops=augment_step // MEASURED_BATCH,
         forward_flops=forward.get_total_flops() // MEASURED_BATCH,
         feature_dim=encoder.feature_dim,
         model_bytes=tensor_bytes(state["model"]),
@@ -169,9 +177,7 @@ def run_cost(cfg: Config, sizes: SplitSizes) -> dict[str, Any]:
 
     runs = {"invp": cfg}
     if cfg.evaluate.baselines.instance_discrimination:
-        runs["instance_discrimination"] = dataclasses.replace(
-            cfg, pretrain=dataclasses.replace(p, invp=False)
-        )
+        runs["instance_discrimination"] = instance_config(cfg)
     per_epoch = {name: epoch_flops(run) for name, run in runs.items()}
     fill = n * forward if p.bank_init == "forward" else 0
     training = {name: p.epochs * sum(parts.values()) + fill for name, parts in per_epoch.items()}
@@ -195,7 +201,10 @@ def run_cost(cfg: Config, sizes: SplitSizes) -> dict[str, Any]:
         "flops": {
             "step_per_image": measured.step_flops,
             "encoder_step_per_image": measured.encoder_step_flops,
-            "bank_and_loss_per_image": measured.step_flops - measured.encoder_step_flops,
+            "augment_per_image": measured.augment_flops,
+            "bank_and_loss_per_image": measured.step_flops
+            - measured.encoder_step_flops
+            - measured.augment_flops,
             "forward_per_image": forward,
             "per_epoch": per_epoch,
             "training": training,

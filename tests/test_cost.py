@@ -78,6 +78,7 @@ def test_flops_memory_and_disk_match_the_plain_figures() -> None:
     assert f["forward_per_image"] == FORWARD
     assert f["encoder_step_per_image"] == FORWARD + BACKWARD
     assert f["bank_and_loss_per_image"] == BANK_AND_LOSS
+    assert f["augment_per_image"] == 0  # no blur
     assert f["step_per_image"] == FORWARD + BACKWARD + BANK_AND_LOSS
 
     # per epoch: N steps' images, the "clean" table rebuild (a forward pass of train and
@@ -115,6 +116,13 @@ def test_flops_memory_and_disk_match_the_plain_figures() -> None:
     expected = 6 * checkpoint + 3 * disk["embeddings_per_tag"] + 2 * disk["graph_per_tag"]
     assert disk["total"] == expected
     assert cost["steps_per_epoch"] == 3 and cost["trainings"] == ["invp", "instance_discrimination"]
+
+
+def test_the_blur_is_counted_as_the_augmentation_s() -> None:
+    f = run_cost(tiny("augment.blur_p=1.0"), SplitSizes(N, M, "given"))["flops"]
+    assert f["augment_per_image"] > 0
+    assert f["bank_and_loss_per_image"] == BANK_AND_LOSS
+    assert f["step_per_image"] == FORWARD + BACKWARD + BANK_AND_LOSS + f["augment_per_image"]
 
 
 def test_the_augmented_probe_and_a_random_bank_are_counted() -> None:

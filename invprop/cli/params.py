@@ -146,7 +146,8 @@ def cost(
         ("epochs x steps", f"{result['epochs']} x {result['steps_per_epoch']} (batch {batch})"),
         ("FLOPs per trained image", _flops(f["step_per_image"])),
         ("  encoder, forward + backward", _flops(f["encoder_step_per_image"])),
-        ("  InvP loss over the bank", _flops(f["bank_and_loss_per_image"])),
+        ("  augmentation (blur)", _flops(f["augment_per_image"])),
+        ("  similarities to the bank", _flops(f["bank_and_loss_per_image"])),
         ("FLOPs per forward pass (eval)", _flops(f["forward_per_image"])),
     ]
     for run, parts in f["per_epoch"].items():
