@@ -54,7 +54,6 @@ SCALED: dict[str, Any] = {
         # 2 epochs: the first without the propagation loss, the second with it.
         "epochs": 2,
         "ramp_epoch": 1,
-        "warmup_epochs": 0,  # warm-up must end before the last epoch
         "snapshot_epochs": [1],  # the epoch-1 snapshot is what the resume starts from
         "lr_milestones": [],  # step schedules: every milestone is past epoch 2
         "batch_size": BATCH,
@@ -73,7 +72,8 @@ SCALED: dict[str, Any] = {
 
 def fashion_mnist(root: Path) -> dict[str, Any]:
     RawWriters.fashion_mnist(root, N_TRAIN, N_TEST)
-    return {"data": {"root": str(root)}}
+    # fmnist-gpu warms up for 5 of its 200 epochs: 1 of 2 here
+    return {"data": {"root": str(root)}, "pretrain": {"warmup_epochs": 1}}
 
 
 def cifar10(root: Path) -> dict[str, Any]:
