@@ -27,6 +27,7 @@ capped by data.train_limit / test_limit. Image folders have none: pass the count
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,6 @@ from invprop.data.loader import batch_sizes
 from invprop.errors import InvpropError
 from invprop.io import read_json
 from invprop.method import MemoryBank
-from invprop.stages.instance_discrimination import instance_config
 from invprop.training import check_fits, make_optimizer, refreshes_online, training_step
 from invprop.workspace import META_FILE, prepared_dir
 
@@ -177,7 +177,9 @@ def run_cost(cfg: Config, sizes: SplitSizes) -> dict[str, Any]:
 
     runs = {"invp": cfg}
     if cfg.evaluate.baselines.instance_discrimination:
-        runs["instance_discrimination"] = instance_config(cfg)
+        # the baseline's recipe, as its stage's instance_config (a command imports no stage)
+        baseline = dataclasses.replace(p, invp=False)
+        runs["instance_discrimination"] = dataclasses.replace(cfg, pretrain=baseline)
     per_epoch = {name: epoch_flops(run) for name, run in runs.items()}
     fill = n * forward if p.bank_init == "forward" else 0
     training = {name: p.epochs * sum(parts.values()) + fill for name, parts in per_epoch.items()}
