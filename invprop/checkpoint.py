@@ -63,6 +63,7 @@ BOOKKEEPING_KEYS = (
     "nodes",
     "monitor_knn",
     "compile",
+    "channels_last",
 )
 
 

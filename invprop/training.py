@@ -62,7 +62,7 @@ from invprop.distributed import (
     sync_batchnorm,
 )
 from invprop.errors import InvpropError
-from invprop.inference import extract, input_normalisation, resolve_device
+from invprop.inference import extract, input_normalisation, resolve_device, uses_channels_last
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
@@ -187,15 +187,16 @@ def training_step(
     the global batch mean even when shares differ by one, and the bank update gathers
     every rank's rows, so all ranks keep the same bank.
 
-    Backbone in bf16 autocast when `pretrain.precision` asks (bf16, or auto on CUDA) and
-    channels_last when `pretrain.channels_last`, on any device, so the CPU rehearses what a
-    GPU runs; the similarities, exp and sums stay fp32. No host synchronisation.
+    Backbone in bf16 autocast where `pretrain.precision` asks (bf16, or auto on CUDA) and
+    channels_last where `pretrain.channels_last` does (true, or auto on CUDA), the same on
+    every device, so the CPU rehearses what a GPU runs; the similarities, exp and sums stay
+    fp32. No host synchronisation.
     """
     p = cfg.pretrain
     device = images.device
     use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
     x = augment(images, indices, cfg.seed, epoch)
-    if p.channels_last:
+    if uses_channels_last(cfg, device):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         embeddings = model(x)
@@ -391,7 +392,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
     check_fits(cfg, data.n, ranks.world_size)
 
     encoder = build_encoder(cfg).to(device)
-    if p.channels_last:
+    if uses_channels_last(cfg, device):
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
         encoder = sync_batchnorm(encoder, device)

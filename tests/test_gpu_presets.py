@@ -30,8 +30,9 @@ from conftest import RawWriters, same_training_state
 
 from invprop.augment import BatchAugment
 from invprop.checkpoint import build_encoder, load_checkpoint
-from invprop.config import Config, apply_preset, config_from_dict, load_config
+from invprop.config import Config, apply_preset, config_from_dict, load_config, restore_types
 from invprop.data import Split
+from invprop.errors import InvpropError
 from invprop.inference import extract
 from invprop.method import MemoryBank
 from invprop.pipeline import run_stage
@@ -150,16 +151,33 @@ def fresh_dynamo() -> Any:
     torch._dynamo.reset()
 
 
+def test_channels_last_is_auto_true_or_false_also_as_snakemake_s_strings() -> None:
+    for given, meant in [("auto", "auto"), (True, True), (False, False)]:
+        assert config_from_dict({"pretrain": {"channels_last": given}}).pretrain.channels_last == (
+            meant
+        )
+        # Snakemake's --config delivers nested values as strings; they are typed again
+        typed = restore_types({"pretrain": {"channels_last": str(given).lower()}})
+        assert typed["pretrain"]["channels_last"] == meant
+    with pytest.raises(InvpropError, match="channels_last = 'nhwc' is invalid: expected one of"):
+        config_from_dict({"pretrain": {"channels_last": "nhwc"}})
+
+
 @pytest.mark.parametrize(
-    ("precision", "channels_last", "dtype"),
-    [("bf16", True, torch.bfloat16), ("auto", True, torch.float32), ("fp32", False, torch.float32)],
+    ("precision", "channels_last", "dtype", "nhwc"),
+    [
+        ("bf16", True, torch.bfloat16, True),
+        ("auto", "auto", torch.float32, False),  # the defaults: fp32 and NCHW on the CPU
+        ("fp32", False, torch.float32, False),
+        ("auto", True, torch.float32, True),
+    ],
 )
 def test_precision_and_layout_mean_on_the_cpu_what_they_mean_on_a_gpu(
-    precision: str, channels_last: bool, dtype: torch.dtype
+    precision: str, channels_last: bool | str, dtype: torch.dtype, nhwc: bool
 ) -> None:
     """What the first convolution puts out in a training step (RGB images) and in
-    `extract` (grey images, a fresh encoder): bf16 where precision asks for it (auto is
-    fp32 on the CPU), NHWC where channels_last is on; the bank stays fp32."""
+    `extract` (grey images, a fresh encoder): bf16 where precision asks for it, NHWC where
+    channels_last does (auto means neither on the CPU); the bank stays fp32."""
     seen: list[tuple[torch.dtype, bool]] = []
 
     def record(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -193,7 +211,7 @@ def test_precision_and_layout_mean_on_the_cpu_what_they_mean_on_a_gpu(
             meta = {"dataset": "synthetic", "mean": [0.5], "std": [0.25]}
             features, embeddings = extract(encoder, split, meta, cfg, "cpu", batch_size=3)
             assert features.dtype == embeddings.dtype == torch.float32
-    assert seen == [(dtype, channels_last)] * 3  # the step, then extract's two batches
+    assert seen == [(dtype, nhwc)] * 3  # the step, then extract's two batches
 
 
 @pytest.mark.slow

@@ -71,6 +71,7 @@ from invprop.inference import (
     extract,
     inference_autocast,
     resolve_device,
+    uses_channels_last,
 )
 from invprop.linear import (
     augmented_training_source,
@@ -221,7 +222,7 @@ def finetune(
     labels = torch.from_numpy(np.array(train.labels, dtype=np.int64)).to(device)
     if bool((labels[torch.from_numpy(rows).to(device)] < 0).any()):
         raise ValueError(f"{name}: training rows include unlabeled images (label -1)")
-    channels_last = cfg.pretrain.channels_last
+    channels_last = uses_channels_last(cfg, device)
     encoder = encoder.to(device)
     if channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
