@@ -262,6 +262,7 @@ rule embed:
             "embed.batch_size",
             "pretrain.device",
             "pretrain.precision",
+            "pretrain.channels_last",
         ),
     resources:
         gpu=1,
@@ -410,6 +411,7 @@ rule transfer:
             "pretrain.device",
             "pretrain.threads",
             "pretrain.precision",
+            "pretrain.channels_last",
             "embed.batch_size",
         ),
     resources:

@@ -21,6 +21,7 @@ import torch
 from invprop.augment import BatchAugment
 from invprop.checkpoint import build_encoder
 from invprop.config import config_from_dict, deep_merge, read_yaml_mapping
+from invprop.inference import uses_channels_last
 from invprop.method import MemoryBank
 from invprop.training import make_optimizer, ramp_weight, training_step
 
@@ -38,7 +39,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, object]:
     images = images.to(device)
 
     encoder = build_encoder(cfg).to(device)
-    if device.type == "cuda" and cfg.pretrain.channels_last:
+    if uses_channels_last(cfg, device):
         encoder = encoder.to(memory_format=torch.channels_last)
     model = torch.compile(encoder) if cfg.pretrain.compile else encoder
     bank = MemoryBank(n, cfg.model.dim, cfg.pretrain.k).to(device)

@@ -44,6 +44,7 @@ __all__ = [
     "image_preprocessing",
     "load_checkpoint",
     "save_checkpoint",
+    "tensor_bytes",
     "training_hash",
     "training_params",
 ]
@@ -62,6 +63,7 @@ BOOKKEEPING_KEYS = (
     "nodes",
     "monitor_knn",
     "compile",
+    "channels_last",
 )
 
 
@@ -88,8 +90,7 @@ def training_hash(cfg: Config) -> str:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write `state` atomically: temp file, fsync, rename; the old file stays until then."""
     path = Path(path)
-    estimate = sum(t.numel() * t.element_size() for t in _tensors(state))
-    ensure_free_space(path.parent, estimate, f"checkpoint {path.name}")
+    ensure_free_space(path.parent, tensor_bytes(state), f"checkpoint {path.name}")
     # Saved through a file object: torch.save names the records inside the zip after the
     # file it is given, and the temporary name differs on every write.
     with atomic_file(path) as tmp, open(tmp, "wb") as handle:
@@ -108,6 +109,12 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_canonical(value) for value in obj)
     return obj
+
+
+def tensor_bytes(state: Any) -> int:
+    """Bytes of every tensor in a nested state (dicts, lists, tuples): a checkpoint's size
+    but for its zip records and small non-tensor entries."""
+    return sum(t.numel() * t.element_size() for t in _tensors(state))
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

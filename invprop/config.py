@@ -176,8 +176,15 @@ class PretrainConfig:
     loss_eps: float = _f(0.0, ge=0, lt=1)
     lambda_inv: float = _f(0.6, ge=0)
     ramp_epoch: int = _f(0, ge=0)
+    # The network's arithmetic, the same on every device (so CI rehearses on the CPU what a
+    # GPU runs): bf16 autocast (bf16), none (fp32), or auto: bf16 on CUDA, fp32 on the CPU,
+    # where bf16 is slower. The bank, the table, similarities and losses stay fp32 / int64.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
+    # The layout of images and convolution weights, the same on every device: NHWC
+    # (torch.channels_last, true), NCHW (false), or auto: NHWC on CUDA, NCHW on the CPU,
+    # where its kernels sum in another order than the NCHW ones all CPU figures came from.
+    channels_last: Literal["auto"] | bool = "auto"
+    # torch.compile of the encoder (TorchInductor: Triton on CUDA, C++ on the CPU).
     compile: bool = False
     snapshot_epochs: list[int] = _f([], ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -596,20 +603,22 @@ def _validate(cfg: Config) -> None:
     )
 
 
-def _takes_strings(tp: Any) -> bool:
-    """Whether a value of type `tp` may be a string, so a string given for it stays one."""
+def _takes_string(tp: Any, value: str) -> bool:
+    """Whether type `tp` takes the string `value` as it is (a str, or a Literal that lists
+    it); any other string given for `tp` is read as YAML ('true' for `Literal["auto"] |
+    bool` is the boolean)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return any(isinstance(arg, str) for arg in typing.get_args(tp))
+        return value in typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
-        return any(_takes_strings(arg) for arg in typing.get_args(tp))
+        return any(_takes_string(arg, value) for arg in typing.get_args(tp))
     return tp is str
 
 
 def _restore(tp: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return restore_types(value, tp)
-    if isinstance(value, str) and not _takes_strings(tp):
+    if isinstance(value, str) and not _takes_string(tp, value):
         try:
             return yaml.safe_load(value)
         except yaml.YAMLError:

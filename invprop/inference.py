@@ -52,6 +52,7 @@ __all__ = [
     "load_folder_embeddings",
     "normalisation",
     "resolve_device",
+    "uses_channels_last",
 ]
 
 LOG = get_logger("embed")
@@ -119,12 +120,21 @@ def _uint8_batches(
 
 
 def inference_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when cfg.pretrain.precision allows it (auto or bf16), else none."""
+    """bf16 autocast where cfg.pretrain.precision asks for it: bf16 on any device (the CPU
+    too, so CI rehearses it), auto on CUDA only (fp32 stays the CPU's fast default)."""
     precision = cfg.pretrain.precision
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Whether the network runs NHWC (torch.channels_last) on `device`: where
+    cfg.pretrain.channels_last is true, on any device (the CPU too, so CI rehearses it);
+    auto on CUDA only (the CPU keeps the NCHW kernels its figures came from)."""
+    layout = cfg.pretrain.channels_last
+    return layout is True or (layout == "auto" and device.type == "cuda")
 
 
 def extract(
@@ -141,12 +151,14 @@ def extract(
 
     Clean view only: channels converted to cfg.data.channels, then `center()` at
     cfg.data.image_size with `meta`'s statistics. The encoder (already on `device`; None
-    means the encoder's own device) runs in eval mode under no_grad, in bf16 autocast on CUDA when
-    cfg.pretrain.precision allows it, channels_last when cfg.pretrain.channels_last; its
-    train/eval mode is restored afterwards. "files" splits stream through a DataLoader with
-    cfg.pretrain.num_workers workers. Results land on `out_device` (CPU by default, so a
-    1.28M-image split never has to fit on the GPU twice). With `batch_statistics`, BatchNorm
-    layers use batch statistics, as in a training step, and refresh their running estimates.
+    means the encoder's own device) runs in eval mode under no_grad, in bf16 autocast when
+    cfg.pretrain.precision asks (`inference_autocast`), channels_last (weights and inputs)
+    where cfg.pretrain.channels_last asks (`uses_channels_last`); its train/eval mode is
+    restored afterwards (its weights stay channels_last). "files" splits stream through a
+    DataLoader with cfg.pretrain.num_workers workers. Results land on `out_device` (CPU by
+    default, so a 1.28M-image split never has to fit on the GPU twice). With
+    `batch_statistics`, BatchNorm layers use batch statistics, as in a training step, and
+    refresh their running estimates.
     """
     features, embeddings = extract_outputs(
         encoder, encoder.embed, split, meta, cfg, device, batch_size, out_device, batch_statistics
@@ -182,6 +194,11 @@ def extract_outputs(
     stacked: list[Tensor] = []
     pin = out_device.type == "cpu" and device.type == "cuda"
 
+    channels_last = uses_channels_last(cfg, device)
+    if channels_last:
+        # In place (the values stay): the weights' layout decides where the input's cannot,
+        # as a 1-channel batch is NCHW and NHWC at once.
+        encoder.to(memory_format=torch.channels_last)
     was_training = encoder.training
     # batch_statistics: BatchNorm normalises with each batch's statistics, as in training
     # (and updates its running estimates); used to fill the memory bank before training.
@@ -197,7 +214,7 @@ def extract_outputs(
         )
         for images in batches:
             x = center(images, size, mean_t, std_t)
-            if device.type == "cuda" and cfg.pretrain.channels_last:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with inference_autocast(cfg, device):
                 rows = [row.float() for row in outputs(x)]

@@ -30,10 +30,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from invprop import names
@@ -62,7 +62,7 @@ from invprop.distributed import (
     sync_batchnorm,
 )
 from invprop.errors import InvpropError
-from invprop.inference import extract, input_normalisation, resolve_device
+from invprop.inference import extract, input_normalisation, resolve_device, uses_channels_last
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
@@ -75,8 +75,22 @@ MONITOR_K = 200
 MONITOR_TEMPERATURE = 0.07
 
 
+def open_curves(folder: Path) -> Any:
+    """dvclive's writer of the per-epoch curves in `folder`; None where dvclive is not
+    installed (a bare GPU machine running bench/gpu_check.sh, which needs no dvc): every
+    epoch's row is then still logged and kept in the checkpoint's history."""
+    try:
+        from dvclive import Live
+    except ImportError:
+        LOG.warning(f"dvclive is not installed: no training curves in {folder}")
+        return None
+    return Live(dir=str(folder), save_dvc_exp=False, dvcyaml=False)
+
+
 def log_row(live: Any, row: dict[str, float]) -> None:
-    """One epoch's row of figures as a dvclive step."""
+    """One epoch's row of figures as a dvclive step (nothing without dvclive)."""
+    if live is None:
+        return
     for name, value in row.items():
         if name != "epoch":
             live.log_metric(name, value, plot=True)
@@ -173,14 +187,16 @@ def training_step(
     the global batch mean even when shares differ by one, and the bank update gathers
     every rank's rows, so all ranks keep the same bank.
 
-    Backbone in bf16 autocast when `pretrain.precision` allows (CUDA by default); the
-    similarities, exp and sums stay fp32. No host synchronisation.
+    Backbone in bf16 autocast where `pretrain.precision` asks (bf16, or auto on CUDA) and
+    channels_last where `pretrain.channels_last` does (true, or auto on CUDA), the same on
+    every device, so the CPU rehearses what a GPU runs; the similarities, exp and sums stay
+    fp32. No host synchronisation.
     """
     p = cfg.pretrain
     device = images.device
     use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
     x = augment(images, indices, cfg.seed, epoch)
-    if device.type == "cuda" and p.channels_last:
+    if uses_channels_last(cfg, device):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         embeddings = model(x)
@@ -376,7 +392,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
     check_fits(cfg, data.n, ranks.world_size)
 
     encoder = build_encoder(cfg).to(device)
-    if device.type == "cuda" and p.channels_last:
+    if uses_channels_last(cfg, device):
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
         encoder = sync_batchnorm(encoder, device)
@@ -421,7 +437,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
 
     live = None
     if ranks.is_main:
-        live = Live(dir=str(run.curves), save_dvc_exp=False, dvcyaml=False)
+        live = open_curves(run.curves)
         for row in state.history:  # replay, so the curves survive a resume
             log_row(live, row)
 

@@ -310,7 +310,40 @@ def exact_table(vectors: np.ndarray, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Checkpoints written directly (no training), in the layout of invprop.checkpoint
+# Checkpoints: compared, and written directly (no training) in the layout of invprop.checkpoint
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    """Two checkpoints' model weights and bank (vectors and neighbour table) equal, bit
+    for bit."""
+    import torch
+
+    return all(
+        torch.equal(a[key][name], b[key][name]) for key in ("model", "bank") for name in a[key]
+    )
+
+
+def same_training_state(a: dict, b: dict) -> bool:
+    """Model, bank (vectors and neighbour table), optimizer buffers, epoch and the losses
+    of every epoch equal, bit for bit; epoch timings left out."""
+    import torch
+
+    momenta = [
+        torch.equal(a["optimizer"]["state"][i][key], b["optimizer"]["state"][i][key])
+        for i in a["optimizer"]["state"]
+        for key in a["optimizer"]["state"][i]
+    ]
+
+    def untimed(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if "second" not in k} for row in history]
+
+    return (
+        states_equal(a, b)
+        and bool(momenta)
+        and all(momenta)
+        and a["epoch"] == b["epoch"]
+        and untimed(a["history"]) == untimed(b["history"])
+    )
 
 
 def write_bank_checkpoint(

@@ -45,6 +45,7 @@ VAL = {  # evaluate's validation figures: the longest keys it writes
 # Every command, and the arguments it runs with here; commands that print no table:
 COMMANDS = {
     "params diff": ["params", "diff", "params.yaml", str(ROOT / "presets/fmnist-gpu.yaml")],
+    "params cost": ["params", "cost", "--train-images", "5000", "--test-images", "1000"],
     "data show": ["data", "show", "data/prepared/digits"],
     "ckpt show": ["ckpt", "show", "models/pretrain/final.pt"],
     "ckpt diff": [

@@ -32,14 +32,17 @@ BATCH = torch.randn(7, 3, 2, 2, generator=torch.Generator().manual_seed(0)) * 3 
 WEIGHTS = torch.randn(7, 3, 2, 2, generator=torch.Generator().manual_seed(1))
 
 
-def _sync_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _sync_worker(rank: int, init_file: str, out_dir: str, channels_last: bool) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     bn = CpuSyncBatchNorm(3)
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
         bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-    share = torch.tensor_split(BATCH, WORLD)[rank].clone().requires_grad_()
+    share = torch.tensor_split(BATCH, WORLD)[rank].clone()
+    if channels_last:  # NHWC, as pretrain.channels_last gives it
+        share = share.contiguous(memory_format=torch.channels_last)
+    share.requires_grad_()
     out = bn(share)
     (out * torch.tensor_split(WEIGHTS, WORLD)[rank]).sum().backward()
     gathered = all_gather_rows(torch.arange(4 - rank) + 10 * rank)
@@ -58,8 +61,12 @@ def _sync_worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_synced_batchnorm_and_gather_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_synced_batchnorm_and_gather_match_one_process_on_the_whole_batch(
+    tmp_path: Path, channels_last: bool
+) -> None:
+    args = (str(tmp_path / "init"), str(tmp_path), channels_last)
+    mp.spawn(_sync_worker, args=args, nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     bn = nn.BatchNorm2d(3)

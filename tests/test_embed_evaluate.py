@@ -327,6 +327,14 @@ def test_evaluate_bank_knn_uses_the_bank(workdir):
     assert metrics["random_init/status"] == "not run (evaluate.baselines.random_init is off)"
 
 
+def test_a_validation_part_with_no_image_is_refused_naming_the_param() -> None:
+    labels = np.repeat(np.arange(10), 4)  # 4 images a class: 10% of each rounds to 0
+    with pytest.raises(InvpropError, match=r"evaluate.val_fraction = 0.1 holds out no image"):
+        evaluate_stage.validation_rows(labels, make_config(evaluate={"val_fraction": 0.1}))
+    fit, val = evaluate_stage.validation_rows(labels, make_config(evaluate={"val_fraction": 0.25}))
+    assert len(val) == 10 and len(fit) == 30
+
+
 def test_validation_is_a_fixed_stratified_part_of_train_scored_against_the_rest(workdir):
     off = {"pixels": False, "random_init": False}
     cfg = make_config(evaluate={"baselines": off, "val_fraction": 0.25})

@@ -59,11 +59,13 @@ def test_no_stage_imports_another_stage() -> None:
 def test_primitives_import_neither_the_workspace_nor_a_stage() -> None:
     # Above the primitives: the workspace, the training loop the training stages share
     # (it reads prepared data and writes checkpoints through the workspace) and the body
-    # of the training baselines' stages, the stages, the CLI and the dispatcher.
+    # of the training baselines' stages, the cost estimate (it counts a training step, and
+    # reads the prepared data's size), the stages, the CLI and the dispatcher.
     upper = (
         "invprop.workspace",
         "invprop.training",
         "invprop.baselines",
+        "invprop.cost",
         "invprop.stages",
         "invprop.cli",
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import exact_table
+from conftest import exact_table, same_training_state, states_equal
 
 from invprop import training as train_module
 from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, save_checkpoint
@@ -58,33 +58,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tiny_config(*overrides: str) -> Config:
     return config_from_dict(TINY, overrides)
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    return all(
-        torch.equal(a[key][name], b[key][name]) for key in ("model", "bank") for name in a[key]
-    )
-
-
-def same_training_state(a: dict, b: dict) -> bool:
-    """Model, bank (vectors and neighbour table), optimizer buffers, epoch and the losses
-    of every epoch equal; epoch timings left out."""
-    momenta = [
-        torch.equal(a["optimizer"]["state"][i][key], b["optimizer"]["state"][i][key])
-        for i in a["optimizer"]["state"]
-        for key in a["optimizer"]["state"][i]
-    ]
-
-    def untimed(history: list[dict]) -> list[dict]:
-        return [{k: v for k, v in row.items() if "second" not in k} for row in history]
-
-    return (
-        states_equal(a, b)
-        and bool(momenta)
-        and all(momenta)
-        and a["epoch"] == b["epoch"]
-        and untimed(a["history"]) == untimed(b["history"])
-    )
 
 
 def test_epoch_batches_cover_every_index_once_and_are_seeded() -> None:

@@ -1,4 +1,5 @@
-"""`invprop params show|diff|apply`: the resolved config, two configs side by side, presets."""
+"""`invprop params show|diff|apply|cost`: the resolved config, two configs side by side,
+presets, and what a run of them costs."""
 
 from __future__ import annotations
 
@@ -87,3 +88,88 @@ def apply(
         )
         for key, (default, value) in applied.kept.items():
             typer.echo(f"  {key}: {value!r} (default {default!r})")
+
+
+def _flops(value: float) -> str:
+    """FLOPs with an SI prefix: 3.36 GFLOP."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}FLOP"
+    return f"{value:.3g} FLOP"
+
+
+def _bytes(value: float) -> str:
+    """Bytes with a binary prefix: 29.3 MiB."""
+    for prefix, scale in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}B"
+    return f"{value:.0f} B"
+
+
+@command(app, "cost")
+def cost(
+    params: Path = typer.Option(
+        Path("params.yaml"), help="Params file, or a preset (its keys over the defaults)."
+    ),
+    overrides: list[str] = SET_OPTION,
+    train_images: int | None = typer.Option(
+        None, "--train-images", min=1, help="Train images (the bank's rows); default: the data's."
+    ),
+    test_images: int | None = typer.Option(
+        None, "--test-images", min=1, help="Test images; default: the data's."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """What a run of these params costs, before it runs: FLOPs per trained image (one
+    training step counted with torch's FlopCounterMode), bank, table and step memory, and
+    the disk its checkpoints and artifacts take (invprop.cost says how each is found).
+
+    The data's size comes from the prepared data, else the dataset's published splits;
+    an image folder needs --train-images and --test-images.
+
+    Examples: invprop params cost --params presets/fmnist-gpu.yaml
+              invprop params cost --params presets/imagenet-authors.yaml
+                  --train-images 1281167 --test-images 50000
+    """
+    from invprop.cost import run_cost, split_sizes  # torch loads only for this command
+
+    cfg = load_config(params, overrides)
+    result = run_cost(cfg, split_sizes(cfg, train_images, test_images))
+    if as_json:
+        print_json({"params": str(params), **result})
+        return
+    f, memory, disk = result["flops"], result["memory_bytes"], result["disk_bytes"]
+    batch = min(cfg.pretrain.batch_size, result["train_images"])
+    rows: list[tuple[str, str]] = [
+        ("train / test images", f"{result['train_images']} / {result['test_images']}"),
+        ("  from", result["sizes_from"]),
+        ("epochs x steps", f"{result['epochs']} x {result['steps_per_epoch']} (batch {batch})"),
+        ("FLOPs per trained image", _flops(f["step_per_image"])),
+        ("  encoder, forward + backward", _flops(f["encoder_step_per_image"])),
+        ("  augmentation (blur)", _flops(f["augment_per_image"])),
+        ("  similarities to the bank", _flops(f["bank_and_loss_per_image"])),
+        ("FLOPs per forward pass (eval)", _flops(f["forward_per_image"])),
+    ]
+    for run, parts in f["per_epoch"].items():
+        detail = ", ".join(f"{name.replace('_', ' ')} {_flops(v)}" for name, v in parts.items())
+        rows.append((f"FLOPs per epoch, {run}", f"{_flops(sum(parts.values()))} ({detail})"))
+    rows += [(f"FLOPs of training, {run}", _flops(v)) for run, v in f["training"].items()]
+    rows += [
+        ("FLOPs of embed and evaluate", _flops(f["embed_and_evaluate"])),
+        ("FLOPs in all", _flops(f["total"])),
+        ("memory: bank (fp32)", _bytes(memory["bank"])),
+        ("memory: neighbour table (int64)", _bytes(memory["table"])),
+        ("memory: a step's similarities", _bytes(memory["similarities"])),
+        ("memory: a step's top-M", _bytes(memory["top_m"])),
+        (
+            "memory: model / SGD momenta",
+            f"{_bytes(memory['model'])} / {_bytes(memory['optimizer'])}",
+        ),
+        ("disk: checkpoint", _bytes(disk["checkpoint"])),
+        ("  written per epoch (last.pt)", _bytes(disk["written_per_epoch"])),
+        ("  kept per snapshot", _bytes(disk["per_snapshot"])),
+        ("disk: embeddings per tag", _bytes(disk["embeddings_per_tag"])),
+        ("disk: graph per tag", _bytes(disk["graph_per_tag"])),
+        ("disk: everything kept", _bytes(disk["total"])),
+    ]
+    print_table(f"cost of {params}", ["figure", "value"], rows)

@@ -18,7 +18,12 @@ from invprop.data.sources import (
 from invprop.sampling import stratified_split
 
 
-@register("digits", format="arrays", layout="scikit-learn's bundled digits (no files needed)")
+@register(
+    "digits",
+    format="arrays",
+    layout="scikit-learn's bundled digits (no files needed)",
+    sizes=(1438, 359),  # 1,797 images split 80/20 with SPLIT_SEED
+)
 def read_digits(opts: SourceOptions) -> RawDataset:
     """1,797 8x8 grey digits (values 0..16, scaled to 0..255), split 80/20 with a fixed seed."""
     from sklearn.datasets import load_digits  # scikit-learn only for this dataset
@@ -127,7 +132,12 @@ def synthetic_split(n: int, size: int, channels: int, rng: np.random.Generator) 
     return ArraySplit(images, labels.astype(np.int64))
 
 
-@register("synthetic", format="arrays", layout="nothing (generated)")
+@register(
+    "synthetic",
+    format="arrays",
+    layout="nothing (generated)",
+    sizes=(SYNTHETIC_TRAIN, SYNTHETIC_TEST),
+)
 def read_synthetic(opts: SourceOptions) -> RawDataset:
     """2,000 train / 500 test images (or train_limit / test_limit) at data.image_size and
     data.channels, generated from a fixed seed."""

@@ -143,7 +143,7 @@ CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batch
 CIFAR10_LAYOUT = f"{CIFAR10_DIR}/ (data_batch_1..5, test_batch, batches.meta)"
 
 
-@register("cifar10", format="arrays", layout=CIFAR10_LAYOUT)
+@register("cifar10", format="arrays", layout=CIFAR10_LAYOUT, sizes=(50_000, 10_000))
 def read_cifar10(opts: SourceOptions) -> RawDataset:
     required = [[name] for name in CIFAR10_FILES]
     folder = locate(opts, CIFAR10_LAYOUT, [CIFAR10_DIR, ""], required, None, _download("CIFAR10"))
@@ -159,7 +159,7 @@ CIFAR100_FILES = ["train", "test", "meta"]
 CIFAR100_LAYOUT = f"{CIFAR100_DIR}/ (train, test, meta)"
 
 
-@register("cifar100", format="arrays", layout=CIFAR100_LAYOUT)
+@register("cifar100", format="arrays", layout=CIFAR100_LAYOUT, sizes=(50_000, 10_000))
 def read_cifar100(opts: SourceOptions) -> RawDataset:
     """CIFAR-100 with its 100 fine labels (the coarse superclasses are not used)."""
     required = [[name] for name in CIFAR100_FILES]

@@ -115,7 +115,13 @@ def _download(root: Path) -> None:
         FashionMNIST(str(root), train=train, download=True)
 
 
-@register("fashion_mnist", format="arrays", layout=LAYOUT, default_root=DEBIAN_ROOT)
+@register(
+    "fashion_mnist",
+    format="arrays",
+    layout=LAYOUT,
+    default_root=DEBIAN_ROOT,
+    sizes=(60_000, 10_000),
+)
 def read_fashion_mnist(opts: SourceOptions) -> RawDataset:
     required = [[name + ".gz", name] for name in FILES.values()]
     folder = locate(opts, LAYOUT, ["", "FashionMNIST/raw"], required, DEBIAN_ROOT, _download)

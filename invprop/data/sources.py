@@ -164,6 +164,10 @@ class DatasetSource:
     # Human-readable description of the expected layout, used in "not found" errors.
     layout: str
     default_root: str | None = None
+    # (train, test) images of the whole dataset as published, before train_limit/test_limit;
+    # None where they depend on the files (image folders). Costs are estimated from them
+    # before anything is prepared (invprop.cost).
+    sizes: tuple[int, int] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry(
@@ -174,12 +178,17 @@ DATASETS: Registry[DatasetSource] = Registry(
 
 
 def register(
-    name: str, *, format: Format, layout: str, default_root: str | None = None
+    name: str,
+    *,
+    format: Format,
+    layout: str,
+    default_root: str | None = None,
+    sizes: tuple[int, int] | None = None,
 ) -> Callable[[Reader], Reader]:
     """Registry decorator for a reader: `@register("cifar10", format="arrays", layout=...)`."""
 
     def add(read: Reader) -> Reader:
-        DATASETS.add(name, DatasetSource(name, format, read, layout, default_root))
+        DATASETS.add(name, DatasetSource(name, format, read, layout, default_root, sizes))
         return read
 
     return add

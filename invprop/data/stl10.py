@@ -54,7 +54,7 @@ def _download(root: Path) -> None:
     STL10(str(root), split="train", download=True)
 
 
-@register("stl10", format="arrays", layout=LAYOUT)
+@register("stl10", format="arrays", layout=LAYOUT, sizes=(5_000, 8_000))
 def read_stl10(opts: SourceOptions) -> RawDataset:
     folder = locate(opts, LAYOUT, [FOLDER, ""], [[f] for f in FILES], None, _download)
     classes = [line.strip() for line in (folder / "class_names.txt").read_text().splitlines()]

@@ -60,7 +60,7 @@ def _download(root: Path) -> None:
         SVHN(str(root), split=split, download=True)
 
 
-@register("svhn", format="arrays", layout=LAYOUT)
+@register("svhn", format="arrays", layout=LAYOUT, sizes=(73_257, 26_032))
 def read_svhn(opts: SourceOptions) -> RawDataset:
     folder = locate(opts, LAYOUT, ["", "svhn"], [[f] for f in FILES.values()], None, _download)
     train, test = _read_mat(folder / FILES["train"]), _read_mat(folder / FILES["test"])

@@ -109,6 +109,12 @@ def validation_rows(train_labels: np.ndarray, cfg: Config) -> tuple[Tensor, Tens
     fit, val = holdout_split(
         np.asarray(train_labels)[labelled], cfg.evaluate.val_fraction, cfg.data.seed
     )
+    if val.size == 0:
+        raise InvpropError(
+            f"params: evaluate.val_fraction = {cfg.evaluate.val_fraction} holds out no image "
+            f"of the {labelled.size} labelled train images (each class rounds its share to 0); "
+            "raise evaluate.val_fraction or train on more images"
+        )
     return torch.from_numpy(labelled[fit]), torch.from_numpy(labelled[val])
 
 

@@ -71,6 +71,7 @@ from invprop.inference import (
     extract,
     inference_autocast,
     resolve_device,
+    uses_channels_last,
 )
 from invprop.linear import (
     augmented_training_source,
@@ -209,8 +210,9 @@ def finetune(
     `finetune_steps` steps. The classifier starts at zero. Pass p (1, 2, ...) orders the
     rows with `epoch_batches(len(rows), batch_size, cfg.seed, p)` and augments with
     (cfg.seed, p), so two networks fine-tuned on the same rows see the same batches and
-    views. bf16 autocast on CUDA when pretrain.precision allows (as every stage does); the
-    loss and the classifier's output are fp32. Test rows labelled -1 are not scored.
+    views. bf16 autocast and channels_last as pretrain.precision and pretrain.channels_last
+    ask (as every stage does); the loss and the classifier's output are fp32. Test rows
+    labelled -1 are not scored.
     """
     start = time.perf_counter()
     ft = cfg.transfer.finetune
@@ -220,7 +222,7 @@ def finetune(
     labels = torch.from_numpy(np.array(train.labels, dtype=np.int64)).to(device)
     if bool((labels[torch.from_numpy(rows).to(device)] < 0).any()):
         raise ValueError(f"{name}: training rows include unlabeled images (label -1)")
-    channels_last = device.type == "cuda" and cfg.pretrain.channels_last
+    channels_last = uses_channels_last(cfg, device)
     encoder = encoder.to(device)
     if channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
