@@ -27,7 +27,9 @@ Formats (`FORMATS`):
 Only backbones with a standard counterpart (`COUNTERPARTS`) go to torchvision and timm;
 the others (small_cnn, resnet18_cifar, and any backbone without an entry there, which is
 taken for invprop's own network) are refused with the reason, and go to safetensors and
-ONNX, whose printed code rebuilds them from torch.nn and torchvision alone.
+ONNX, whose printed code rebuilds them from torch.nn and torchvision alone; a backbone or
+head that is not made of torch.nn layers alone (a module with its own ``forward``) is
+rebuilt by importing its registered builder, which the code names.
 
 Metadata, all strings (safetensors and ONNX alike): ``architecture`` (invprop's backbone
 name), ``image_size``, ``channels``, ``stored_size``, ``mean``, ``std`` (JSON lists): the
@@ -54,9 +56,10 @@ from torch import nn
 
 from invprop import __version__
 from invprop.checkpoint import checkpoint_preprocessing, encoder_from_checkpoint, load_checkpoint
+from invprop.config import ModelConfig
 from invprop.errors import InvpropError
 from invprop.io import atomic_file, ensure_free_space
-from invprop.models import Encoder
+from invprop.models import BACKBONES, HEADS, Encoder
 
 __all__ = [
     "COUNTERPARTS",
@@ -207,14 +210,41 @@ def _replaced_children(backbone: nn.Module, base: nn.Module) -> dict[str, nn.Mod
     return {name: child for name, child in ours.items() if repr(child) != repr(theirs[name])}
 
 
-def _backbone_code(backbone: nn.Module, counterpart: Counterpart) -> list[str]:
+def _built_code(
+    variable: str, module: nn.Module, builder: Callable[..., Any], *args: int
+) -> list[str]:
+    """Lines that assign the rebuilt (untrained) `module` to `variable`: torch.nn alone where
+    it is made of torch.nn layers, otherwise a call of its registered `builder`, imported
+    from its module (which the reader's Python must then be able to import)."""
+    try:
+        return [f"{variable} = {module_code(module)}"]
+    except TypeError:
+        pass
+    where, name = builder.__module__, builder.__qualname__
+    if "<locals>" in name or where == "__main__":
+        raise InvpropError(
+            f"{type(module).__name__} is not made of torch.nn layers alone and its builder "
+            f"{where}.{name} cannot be imported; define the builder at the top level of an "
+            "importable module"
+        )
+    call = ", ".join(map(str, args))
+    return [
+        f"# {type(module).__name__} is not made of torch.nn layers alone: its builder makes it",
+        f"from {where} import {name}",
+        f"{variable} = {name}({call})",
+    ]
+
+
+def _backbone_code(
+    encoder: Encoder, name: str, counterpart: Counterpart, channels: int
+) -> list[str]:
     """Lines that assign the rebuilt (untrained) backbone to `backbone`."""
     if not counterpart.torchvision:
-        return [f"backbone = {module_code(backbone)}"]
+        return _built_code("backbone", encoder.backbone, BACKBONES[name], channels)
     base = _torchvision_base(counterpart)
     lines = [f"backbone = torchvision.models.{counterpart.torchvision}(weights=None)"]
-    for name, child in _replaced_children(backbone, base).items():
-        lines.append(f"backbone.{name} = {module_code(child)}")
+    for child_name, child in _replaced_children(encoder.backbone, base).items():
+        lines.append(f"backbone.{child_name} = {module_code(child)}")
     return lines
 
 
@@ -349,9 +379,10 @@ def _check_loads_into_target(
 
 
 def _loader_code(
-    fmt: str, out: Path, encoder: Encoder, counterpart: Counterpart, head: bool, channels: int
+    fmt: str, out: Path, encoder: Encoder, model: ModelConfig, head: bool, channels: int
 ) -> list[str]:
     """The imports and the lines that load the file (the preprocessing follows them)."""
+    counterpart = COUNTERPARTS.get(model.backbone, OWN_NETWORK)
     path = repr(str(out))
     if fmt == "onnx":
         return [
@@ -379,7 +410,7 @@ def _loader_code(
     if fmt == "safetensors":
         lines += ["from safetensors import safe_open", "from safetensors.torch import load_file"]
     lines += ["from torch import nn", "from torchvision.transforms import v2", ""]
-    lines += _backbone_code(encoder.backbone, counterpart)
+    lines += _backbone_code(encoder, model.backbone, counterpart, channels)
     if fmt == "torchvision":
         return [
             *lines,
@@ -397,7 +428,7 @@ def _loader_code(
         *lines,
         "backbone.load_state_dict({k: v for k, v in tensors.items() if not k.startswith('head.')})",
         "backbone.eval()",
-        f"head = {module_code(encoder.head)}",
+        *_built_code("head", encoder.head, HEADS[model.head], encoder.feature_dim, encoder.dim),
         "head.load_state_dict(",
         "    {k.removeprefix('head.'): v for k, v in tensors.items() if k.startswith('head.')}",
         ")",
@@ -507,7 +538,7 @@ def export_backbone(
         notes=notes,
     )
     lines = _summary(result, int(state["epoch"]))
-    lines += _loader_code(fmt, out, encoder, counterpart, head, pre["channels"])
+    lines += _loader_code(fmt, out, encoder, cfg.model, head, pre["channels"])
     lines += _preprocessing_code(pre) + _usage_code(fmt, head)
     result.code = "\n".join(lines) + "\n"
     return result

@@ -478,6 +478,72 @@ def test_module_code_rebuilds_every_head(head: str) -> None:
     assert repr(rebuilt) == repr(module)
 
 
+# A backbone of the user's own: a module with its own forward, not torch.nn layers alone
+CUSTOM_BACKBONE = """
+import torch
+from torch import nn
+
+
+class Residual(nn.Module):
+    def __init__(self, in_channels):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.feature_dim = 8
+
+    def forward(self, x):
+        x = self.stem(x)
+        return (x + self.block(x)).mean(dim=(2, 3))
+
+
+def residual(in_channels):
+    return Residual(in_channels)
+"""
+
+
+def test_a_backbone_with_its_own_forward_is_rebuilt_by_its_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its printed code imports the registered builder (from the user's module) instead of
+    spelling torch.nn layers, runs, and gives extract's features."""
+    (tmp_path / "my_backbones.py").write_text(CUSTOM_BACKBONE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_backbones
+
+    monkeypatch.setitem(BACKBONES, "small_cnn", my_backbones.residual)
+    cfg = config_from_dict(
+        {
+            "data": {"name": "synthetic", "image_size": 28, "channels": 1},
+            "model": {"backbone": "small_cnn", "head": "linear", "dim": 4},
+            "transfer": {"targets": []},
+        }
+    )
+    checkpoint = tmp_path / "custom.pt"
+    write_untrained_checkpoint(cfg, checkpoint, *GREY)
+    out = tmp_path / "custom.safetensors"
+    result = invoke(str(checkpoint), "--format", "safetensors", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "from my_backbones import residual\nbackbone = residual(1)\n" in result.stdout
+
+    namespace: dict[str, Any] = {}
+    exec(result.stdout, namespace)
+    encoder, cfg, _ = encoder_from_checkpoint(checkpoint)
+    images = images_for(1, 28)
+    split = Split("test", images, np.full(len(images), -1, np.int64))
+    features, _ = extract(encoder, split, {"mean": GREY[0], "std": GREY[1]}, cfg, "cpu")
+    with torch.no_grad():
+        rebuilt = namespace["backbone"](normalised(images, *GREY))
+    assert max_difference(rebuilt, features) <= 1e-5
+
+    # A builder that no import reaches is refused with one line that says what to do.
+    def local_builder(in_channels: int) -> nn.Module:
+        return my_backbones.Residual(in_channels)
+
+    monkeypatch.setitem(BACKBONES, "small_cnn", local_builder)
+    refused = invoke(str(checkpoint), "--format", "safetensors", "--out", str(out), "--force")
+    assert "define the builder at the top level of an importable module" in one_line_error(refused)
+
+
 # ---------------------------------------------------------------------------------------
 # The README's section: its commands, its four snippets, its sizes
 
