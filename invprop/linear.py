@@ -46,6 +46,7 @@ __all__ = [
     "LayerScores",
     "LinearProbeResult",
     "TrainedClassifiers",
+    "check_layer_names",
     "fit_logistic",
     "layer_outputs",
     "lbfgs_probe",
@@ -411,6 +412,19 @@ def _keep_pooled(
         )
 
 
+def check_layer_names(backbone: torch.nn.Module, layers: Sequence[LinearLayerConfig]) -> None:
+    """Every probed layer is ``features`` or a module of `backbone`; otherwise an error
+    that lists the backbone's blocks."""
+    modules = dict(backbone.named_modules())
+    for layer in layers:
+        if layer.name != "features" and (not layer.name or layer.name not in modules):
+            blocks = [name for name in modules if name and name.count(".") <= 1]
+            raise InvpropError(
+                f"evaluate.linear.layers: the backbone has no layer {layer.name!r}; use "
+                f"features or one of {', '.join(blocks)}"
+            )
+
+
 @contextlib.contextmanager
 def layer_outputs(
     encoder: Encoder, layers: Sequence[LinearLayerConfig]
@@ -418,6 +432,7 @@ def layer_outputs(
     """A function x -> [the pooled, flattened output [B, D] of each layer] for one pass of
     the backbone: ``features`` is the encoder's pooled output, any other name a module of
     the backbone, read by a forward hook (removed on exit)."""
+    check_layer_names(encoder.backbone, layers)
     modules = dict(encoder.backbone.named_modules())
     kept: dict[str, Tensor] = {}
     handles = []
@@ -425,12 +440,6 @@ def layer_outputs(
         for layer in layers:
             if layer.name == "features":
                 continue
-            if not layer.name or layer.name not in modules:
-                blocks = [name for name in modules if name and name.count(".") <= 1]
-                raise InvpropError(
-                    f"evaluate.linear.layers: the backbone has no layer {layer.name!r}; use "
-                    f"features or one of {', '.join(blocks)}"
-                )
             hook = functools.partial(_keep_pooled, kept, layer.name, layer.grid)
             handles.append(modules[layer.name].register_forward_hook(hook))
 
