@@ -36,6 +36,7 @@ from invprop.data.tensors import as_tensor, convert_channels, load_batches
 from invprop.errors import InvpropError
 from invprop.inference import extract_outputs, inference_autocast, input_normalisation
 from invprop.logs import track
+from invprop.models import check_probe_layers
 from invprop.sampling import holdout_split
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ __all__ = [
     "LayerScores",
     "LinearProbeResult",
     "TrainedClassifiers",
-    "check_layer_names",
     "fit_logistic",
     "layer_outputs",
     "lbfgs_probe",
@@ -412,19 +412,6 @@ def _keep_pooled(
         )
 
 
-def check_layer_names(backbone: torch.nn.Module, layers: Sequence[LinearLayerConfig]) -> None:
-    """Every probed layer is ``features`` or a module of `backbone`; otherwise an error
-    that lists the backbone's blocks."""
-    modules = dict(backbone.named_modules())
-    for layer in layers:
-        if layer.name != "features" and (not layer.name or layer.name not in modules):
-            blocks = [name for name in modules if name and name.count(".") <= 1]
-            raise InvpropError(
-                f"evaluate.linear.layers: the backbone has no layer {layer.name!r}; use "
-                f"features or one of {', '.join(blocks)}"
-            )
-
-
 @contextlib.contextmanager
 def layer_outputs(
     encoder: Encoder, layers: Sequence[LinearLayerConfig]
@@ -432,7 +419,7 @@ def layer_outputs(
     """A function x -> [the pooled, flattened output [B, D] of each layer] for one pass of
     the backbone: ``features`` is the encoder's pooled output, any other name a module of
     the backbone, read by a forward hook (removed on exit)."""
-    check_layer_names(encoder.backbone, layers)
+    check_probe_layers(encoder.backbone, [layer.name for layer in layers])
     modules = dict(encoder.backbone.named_modules())
     kept: dict[str, Tensor] = {}
     handles = []

@@ -64,10 +64,9 @@ from invprop.distributed import (
 from invprop.errors import InvpropError
 from invprop.inference import extract, input_normalisation, resolve_device, uses_channels_last
 from invprop.knn_classifier import knn_accuracy
-from invprop.linear import check_layer_names
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
-from invprop.models import Encoder
+from invprop.models import Encoder, check_probe_layers
 from invprop.registry import Registry
 from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
@@ -394,7 +393,7 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
 
     encoder = build_encoder(cfg).to(device)
     # The linear probe reads these layers only after training: a misnamed one fails now.
-    check_layer_names(encoder.backbone, cfg.evaluate.linear.layers)
+    check_probe_layers(encoder.backbone, [layer.name for layer in cfg.evaluate.linear.layers])
     if uses_channels_last(cfg, device):
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights
