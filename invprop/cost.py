@@ -27,7 +27,6 @@ capped by data.train_limit / test_limit. Image folders have none: pass the count
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from invprop.augment import BatchAugment
+from invprop.baselines import enabled_baselines
 from invprop.checkpoint import build_encoder, tensor_bytes
 from invprop.config import Config
 from invprop.data import get_source
@@ -156,9 +156,9 @@ def run_cost(cfg: Config, sizes: SplitSizes) -> dict[str, Any]:
 
     flops: per image (the step; its encoder and bank/loss parts; a forward pass), per
     epoch (the steps, the table rebuild of pretrain.table_refresh, the kNN monitor) and in
-    all (epochs x per epoch + the forward bank fill, for InvP and, when
-    evaluate.baselines.instance_discrimination is on, its baseline; the embed stage's
-    passes; the sgd_augmented probe's backbone passes). memory: bytes of the bank, table,
+    all (epochs x per epoch + the forward bank fill, for InvP and each training baseline
+    switched on in evaluate.baselines, with its recipe; the embed stage's passes; the
+    sgd_augmented probe's backbone passes). memory: bytes of the bank, table,
     similarities, top-M, model and momenta. disk: bytes of a checkpoint (written each
     epoch as last.pt, and once per snapshot), of an embeddings and a graph artifact per
     tag, and of everything a run keeps.
@@ -175,15 +175,11 @@ def run_cost(cfg: Config, sizes: SplitSizes) -> dict[str, Any]:
             rebuild = 2 * n * n * dim + (n * forward if p.table_refresh == "clean" else 0)
         return {"steps": n * measured.step_flops, "table_rebuild": rebuild, "knn_monitor": monitor}
 
-    runs = {"invp": cfg}
-    if cfg.evaluate.baselines.instance_discrimination:
-        # the baseline's recipe, as its stage's instance_config (a command imports no stage)
-        baseline = dataclasses.replace(p, invp=False)
-        runs["instance_discrimination"] = dataclasses.replace(cfg, pretrain=baseline)
+    runs = {"invp": cfg, **enabled_baselines(cfg)}
     per_epoch = {name: epoch_flops(run) for name, run in runs.items()}
     fill = n * forward if p.bank_init == "forward" else 0
     training = {name: p.epochs * sum(parts.values()) + fill for name, parts in per_epoch.items()}
-    embedded = len(cfg.embed.tags) + len(runs) - 1  # the baseline embeds its final model
+    embedded = len(cfg.embed.tags) + len(runs) - 1  # each baseline embeds its final model
     lin = cfg.evaluate.linear
     probe = lin.epochs * n * forward if lin.protocol == "sgd_augmented" else 0
     evaluation = embedded * (n + m) * forward + len(runs) * probe

@@ -235,6 +235,7 @@ def test_the_baseline_stage_of_the_guide_trains_and_joins_the_pipeline(tmp_path:
     pytest_in(
         code,
         *added_tests(snippets),
+        "tests/test_baselines.py::test_every_training_baseline_has_a_recipe",
         "tests/test_names.py",
         "tests/test_layout.py",
         "tests/test_stage_deps.py",

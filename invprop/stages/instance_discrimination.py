@@ -2,28 +2,22 @@
 
 InvP's claim is what propagation adds over plain instance discrimination, so the fair
 baseline is a second pretraining that differs in one param only, `pretrain.invp: false`
-(every other value from params.yaml: data, network, augmentation, schedule, bank). The
-stage trains it with the pretrain stage's loop (invprop.training), then embeds its final
-checkpoint as the embed stage does (invprop.inference), so evaluate can score it exactly
-as it scores InvP. Artifacts and the off switch (`evaluate.baselines.instance_discrimination`):
-see invprop.baselines, which runs every training baseline.
+(every other value from params.yaml: data, network, augmentation, schedule, bank; its
+recipe is `invprop.baselines.instance_discrimination`). The stage trains it with the
+pretrain stage's loop (invprop.training), then embeds its final checkpoint as the embed
+stage does (invprop.inference), so evaluate can score it exactly as it scores InvP.
+Artifacts and the off switch (`evaluate.baselines.instance_discrimination`): see
+invprop.baselines, which runs every training baseline.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from invprop.baselines import run_baseline
 from invprop.config import Config
 
-__all__ = ["instance_config", "run"]
-
-
-def instance_config(cfg: Config) -> Config:
-    """`cfg` with InvP off: the baseline's recipe differs from InvP's in this one param."""
-    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, invp=False))
+__all__ = ["run"]
 
 
 def run(cfg: Config) -> None:
     """The stage: train (or resume) and embed the baseline, or record that it is off."""
-    run_baseline(cfg, "instance_discrimination", instance_config)
+    run_baseline(cfg, "instance_discrimination")
