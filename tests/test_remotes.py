@@ -165,6 +165,12 @@ def share_from_a(
     return Shared(a, origin)
 
 
+@pytest.fixture(scope="module")
+def folder_shared(dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory) -> Shared:
+    """A shared through a folder remote, once for the tests that only clone from it."""
+    return share_from_a(dvc_run, tmp_path_factory, str(tmp_path_factory.mktemp("folder")), None)
+
+
 def clone(shared: Shared, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     b = tmp_path_factory.mktemp(name)
     run(["git", "clone", "-q", "-b", "main", str(shared.origin), str(b)], b)
@@ -182,9 +188,11 @@ def test_a_pulled_clone_is_up_to_date_and_reruns_nothing(
     dvc_run: DvcRun,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    s3 = request.getfixturevalue("s3") if kind == "s3" else None
-    url = f"s3://{BUCKET}/invprop" if s3 else str(tmp_path_factory.mktemp("folder_remote"))
-    shared = share_from_a(dvc_run, tmp_path_factory, url, s3)
+    if kind == "s3":
+        s3 = request.getfixturevalue("s3")
+        shared = share_from_a(dvc_run, tmp_path_factory, f"s3://{BUCKET}/invprop", s3)
+    else:
+        s3, shared = None, request.getfixturevalue("folder_shared")
     b = clone(shared, tmp_path_factory, f"share_b_{kind}")
     if s3 is not None:
         set_credentials(b, s3)
@@ -259,11 +267,9 @@ def test_reruns_that_compute_the_same_write_the_same_bytes(
 
 
 def test_pull_only_what_a_laptop_needs(
-    dvc_run: DvcRun, tmp_path_factory: pytest.TempPathFactory, writers: type
+    folder_shared: Shared, tmp_path_factory: pytest.TempPathFactory, writers: type
 ) -> None:
-    url = str(tmp_path_factory.mktemp("partial_remote"))
-    shared = share_from_a(dvc_run, tmp_path_factory, url, None)
-    b = clone(shared, tmp_path_factory, "share_partial")
+    b = clone(folder_shared, tmp_path_factory, "share_partial")
     # The report, its figures and the metrics travel with git; the explorer page (a few
     # MB) is the report stage's one cached output.
     assert (b / "reports/report.md").is_file() and (b / "reports/figures").is_dir()
