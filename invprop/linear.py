@@ -36,7 +36,6 @@ from invprop.data.tensors import as_tensor, convert_channels, load_batches
 from invprop.errors import InvpropError
 from invprop.inference import extract_outputs, inference_autocast, input_normalisation
 from invprop.logs import track
-from invprop.models import check_probe_layers
 from invprop.sampling import holdout_split
 
 if TYPE_CHECKING:
@@ -419,7 +418,6 @@ def layer_outputs(
     """A function x -> [the pooled, flattened output [B, D] of each layer] for one pass of
     the backbone: ``features`` is the encoder's pooled output, any other name a module of
     the backbone, read by a forward hook (removed on exit)."""
-    check_probe_layers(encoder.backbone, [layer.name for layer in layers])
     modules = dict(encoder.backbone.named_modules())
     kept: dict[str, Tensor] = {}
     handles = []
@@ -427,6 +425,12 @@ def layer_outputs(
         for layer in layers:
             if layer.name == "features":
                 continue
+            if not layer.name or layer.name not in modules:
+                blocks = [name for name in modules if name and name.count(".") <= 1]
+                raise InvpropError(
+                    f"evaluate.linear.layers: the backbone has no layer {layer.name!r}; use "
+                    f"features or one of {', '.join(blocks)}"
+                )
             hook = functools.partial(_keep_pooled, kept, layer.name, layer.grid)
             handles.append(modules[layer.name].register_forward_hook(hook))
 

@@ -66,7 +66,7 @@ from invprop.inference import extract, input_normalisation, resolve_device, uses
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
-from invprop.models import Encoder, check_probe_layers
+from invprop.models import Encoder
 from invprop.registry import Registry
 from invprop.workspace import PRETRAIN, TrainingRun, prepared_dataset
 
@@ -392,8 +392,6 @@ def _train(cfg: Config, run: TrainingRun, ranks: Ranks, device: torch.device) ->
     check_fits(cfg, data.n, ranks.world_size)
 
     encoder = build_encoder(cfg).to(device)
-    # The linear probe reads these layers only after training: a misnamed one fails now.
-    check_probe_layers(encoder.backbone, [layer.name for layer in cfg.evaluate.linear.layers])
     if uses_channels_last(cfg, device):
         encoder = encoder.to(memory_format=torch.channels_last)
     if ranks.distributed:  # before the optimizer, which must hold the synced layers' weights

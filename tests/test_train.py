@@ -272,14 +272,6 @@ def test_background_larger_than_bank_is_refused_before_work(workdir: Path) -> No
     assert not Path("models").exists()
 
 
-def test_a_probe_layer_the_backbone_lacks_is_refused_before_training(workdir: Path) -> None:
-    # The linear probe reads evaluate.linear.layers only once training is over.
-    probe = "evaluate.linear.layers=[{name: layer9, grid: 1}]"
-    with pytest.raises(InvpropError, match=r"no layer 'layer9'; use features or one of 0, 1"):
-        train(tiny_config("evaluate.linear.protocol=sgd_augmented", probe))
-    assert not Path("models").exists()
-
-
 def test_pickled_payload_in_checkpoint_is_refused(tmp_path: Path) -> None:
     class Payload:
         def __reduce__(self):  # would run a command when unpickled

@@ -11,13 +11,7 @@ below, which registers it; the stages list this folder as a whole among their
 dependencies, so a new module here needs no dvc.yaml or Snakefile edit.
 """
 
-from invprop.models.backbones import (
-    BACKBONES,
-    BackboneBuilder,
-    build_backbone,
-    check_probe_layers,
-    register_backbone,
-)
+from invprop.models.backbones import BACKBONES, BackboneBuilder, build_backbone, register_backbone
 from invprop.models.encoder import Encoder, num_parameters
 from invprop.models.heads import HEAD_INITS, HEADS, build_head, head_builder
 
@@ -29,7 +23,6 @@ __all__ = [
     "Encoder",
     "build_backbone",
     "build_head",
-    "check_probe_layers",
     "head_builder",
     "num_parameters",
     "register_backbone",

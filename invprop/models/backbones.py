@@ -15,23 +15,15 @@ docs/extending.md). ResNets come from torchvision (not re-implemented):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torchvision
 from torch import nn
 
 from invprop import names
-from invprop.errors import InvpropError
 from invprop.registry import Registry
 
-__all__ = [
-    "BACKBONES",
-    "BackboneBuilder",
-    "SmallCNN",
-    "build_backbone",
-    "check_probe_layers",
-    "register_backbone",
-]
+__all__ = ["BACKBONES", "BackboneBuilder", "SmallCNN", "build_backbone", "register_backbone"]
 
 BackboneBuilder = Callable[[int], nn.Module]
 BACKBONES: Registry[BackboneBuilder] = Registry("backbone", names.BACKBONES)
@@ -48,20 +40,6 @@ def build_backbone(name: str, in_channels: int) -> nn.Module:
     if not isinstance(getattr(module, "feature_dim", None), int):
         raise TypeError(f"backbone {name!r} does not set an integer feature_dim")
     return module
-
-
-def check_probe_layers(backbone: nn.Module, layers: Iterable[str]) -> None:
-    """Each of `layers` is ``features`` (the backbone's pooled output) or one of its modules:
-    the layers a linear probe may read (evaluate.linear.layers). Otherwise an error that
-    lists the backbone's blocks."""
-    modules = dict(backbone.named_modules())
-    for name in layers:
-        if name != "features" and (not name or name not in modules):
-            blocks = [block for block in modules if block and block.count(".") <= 1]
-            raise InvpropError(
-                f"evaluate.linear.layers: the backbone has no layer {name!r}; use "
-                f"features or one of {', '.join(blocks)}"
-            )
 
 
 def _stem_conv(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
