@@ -379,10 +379,15 @@ def _check_loads_into_target(
 
 
 def _loader_code(
-    fmt: str, out: Path, encoder: Encoder, model: ModelConfig, head: bool, channels: int
+    fmt: str,
+    out: Path,
+    encoder: Encoder,
+    model: ModelConfig,
+    counterpart: Counterpart,
+    head: bool,
+    channels: int,
 ) -> list[str]:
     """The imports and the lines that load the file (the preprocessing follows them)."""
-    counterpart = COUNTERPARTS.get(model.backbone, OWN_NETWORK)
     path = repr(str(out))
     if fmt == "onnx":
         return [
@@ -538,7 +543,7 @@ def export_backbone(
         notes=notes,
     )
     lines = _summary(result, int(state["epoch"]))
-    lines += _loader_code(fmt, out, encoder, cfg.model, head, pre["channels"])
+    lines += _loader_code(fmt, out, encoder, cfg.model, counterpart, head, pre["channels"])
     lines += _preprocessing_code(pre) + _usage_code(fmt, head)
     result.code = "\n".join(lines) + "\n"
     return result
