@@ -52,6 +52,7 @@ __all__ = [
     "load_folder_embeddings",
     "normalisation",
     "resolve_device",
+    "uses_bf16",
     "uses_channels_last",
 ]
 
@@ -119,12 +120,17 @@ def _uint8_batches(
         yield images
 
 
-def inference_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where cfg.pretrain.precision asks for it: bf16 on any device (the CPU
-    too, so CI rehearses it), auto on CUDA only (fp32 stays the CPU's fast default)."""
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
+    """Whether the network runs in bf16 autocast on `device`: where cfg.pretrain.precision
+    is bf16, on any device (the CPU too, so CI rehearses it); auto on CUDA only (fp32 stays
+    the CPU's fast default)."""
     precision = cfg.pretrain.precision
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def inference_autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where cfg.pretrain.precision asks for it (`uses_bf16`), else none."""
+    if not uses_bf16(cfg, device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -62,7 +62,13 @@ from invprop.distributed import (
     sync_batchnorm,
 )
 from invprop.errors import InvpropError
-from invprop.inference import extract, input_normalisation, resolve_device, uses_channels_last
+from invprop.inference import (
+    extract,
+    input_normalisation,
+    resolve_device,
+    uses_bf16,
+    uses_channels_last,
+)
 from invprop.knn_classifier import knn_accuracy
 from invprop.logs import get_logger, track
 from invprop.method import InvPLoss, MemoryBank, invp_loss, propagate, ramp_weight, table_purity
@@ -194,11 +200,10 @@ def training_step(
     """
     p = cfg.pretrain
     device = images.device
-    use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
     x = augment(images, indices, cfg.seed, epoch)
     if uses_channels_last(cfg, device):
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device)):
         embeddings = model(x)
     embeddings = embeddings.float()
     sim = bank.similarities(embeddings)
