@@ -150,6 +150,7 @@ rule pretrain:
     input:
         "stages/pretrain.py",
         "invprop/augment.py",
+        "invprop/batches.py",
         "invprop/bounds.py",
         "invprop/checkpoint.py",
         "invprop/data",
@@ -190,6 +191,7 @@ rule instance_discrimination:
         "stages/instance_discrimination.py",
         "invprop/augment.py",
         "invprop/baselines.py",
+        "invprop/batches.py",
         "invprop/bounds.py",
         "invprop/checkpoint.py",
         "invprop/data",
@@ -378,6 +380,7 @@ rule transfer:
     input:
         "stages/transfer.py",
         "invprop/augment.py",
+        "invprop/batches.py",
         "invprop/bounds.py",
         "invprop/checkpoint.py",
         "invprop/data",

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from invprop.augment import BatchAugment
+from invprop.batches import train_source
 from invprop.config import Config, config_from_dict, deep_merge, read_yaml_mapping
 from invprop.data import PreparedDataset, load_prepared
-from invprop.data.loader import train_source
 from invprop.inference import input_normalisation
 from invprop.stages.prepare import prepare
 

@@ -36,10 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from invprop.augment import BatchAugment
 from invprop.baselines import enabled_baselines
+from invprop.batches import batch_sizes
 from invprop.checkpoint import build_encoder, tensor_bytes
 from invprop.config import Config
 from invprop.data import get_source
-from invprop.data.loader import batch_sizes
 from invprop.errors import InvpropError
 from invprop.io import read_json
 from invprop.method import MemoryBank

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from invprop import names
 from invprop.augment import BatchAugment
+from invprop.batches import batch_sizes, train_source
 from invprop.checkpoint import (
     CHECKPOINT_VERSION,
     build_encoder,
@@ -49,7 +50,6 @@ from invprop.checkpoint import (
 )
 from invprop.config import Config
 from invprop.data import PreparedDataset
-from invprop.data.loader import batch_sizes, train_source
 from invprop.distributed import (
     Ranks,
     all_gather_rows,

@@ -44,7 +44,7 @@ STAGES = ("prepare", "pretrain", "embed", "graph", "propagate", "evaluate")
 # 8 train images a class, the fewest that leave the validation part (10%) and the L-BFGS
 # probe's C-selection part (10% of the rest) an image of each of 10 classes.
 N_TRAIN, N_TEST = 80, 20
-BATCH = 24  # 80 images: batches of 27, 27 and 26 (invprop.data.loader.batch_sizes)
+BATCH = 24  # 80 images: batches of 27, 27 and 26 (invprop.batches.batch_sizes)
 
 # What a GPU run turns on, here on the CPU.
 GPU_OPTIONS = {"pretrain": {"device": "cpu", "precision": "bf16", "channels_last": True}}

@@ -12,10 +12,10 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from invprop.augment import CroppedImageFiles, sample_params
+from invprop.batches import FolderImages, epoch_batches, rank_shard, train_source
 from invprop.checkpoint import load_checkpoint
 from invprop.config import AugmentConfig, Config, config_from_dict
 from invprop.data import ImageFiles, Split, load_prepared
-from invprop.data.loader import FolderImages, epoch_batches, rank_shard, train_source
 from invprop.errors import InvpropError
 from invprop.stages.prepare import prepare
 from invprop.training import train

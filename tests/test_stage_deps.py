@@ -107,25 +107,58 @@ def missing_deps(stage: str, listed: frozenset[str]) -> set[str]:
     }
 
 
+def needless_deps(stage: str, listed: frozenset[str]) -> set[str]:
+    """The invprop modules that `listed` covers (a listed folder: every module in it) and
+    stage `stage` never runs: an edit to one would rerun the stage for nothing. Other
+    files (explorer.html) are read, not run, and not judged here."""
+    module = STAGES[stage].partition(":")[0]
+    run = code_of(module)
+    covered = set()
+    for dep in listed:
+        if dep.startswith("invprop"):
+            path = ROOT / dep
+            if path.is_dir():
+                covered |= {str(f.relative_to(ROOT)) for f in path.rglob("*.py")}
+            elif path.suffix == ".py":
+                covered.add(dep)
+    return covered - run
+
+
 def stage_function_name(dvc_stage: str) -> str:
     """dvc.yaml's stage name -> the pipeline stage it runs (embed@final -> embed)."""
     name = dvc_stage.split("@")[0]
     return "prepare" if name == "prepare_target" else name
 
 
+def listed_deps(orchestrator: str) -> dict[str, frozenset[str]]:
+    """Each stage's dependency paths as `orchestrator` (dvc or snakemake) lists them."""
+    if orchestrator == "dvc":
+        return {name: stage.deps for name, stage in dvc_stages(ROOT).items()}
+    from test_pipeline_dag import snakemake_stages
+
+    return {name: stage.deps for name, stage in snakemake_stages().items()}
+
+
 @pytest.mark.parametrize("orchestrator", ["dvc", "snakemake"])
 def test_every_stage_lists_the_code_it_runs(orchestrator: str) -> None:
-    if orchestrator == "dvc":
-        listed = {name: stage.deps for name, stage in dvc_stages(ROOT).items()}
-    else:
-        from test_pipeline_dag import snakemake_stages
-
-        listed = {name: stage.deps for name, stage in snakemake_stages().items()}
+    listed = listed_deps(orchestrator)
     missing = {
         name: sorted(missing_deps(stage_function_name(name), deps)) for name, deps in listed.items()
     }
     assert {name: paths for name, paths in missing.items() if paths} == {}
     assert {stage_function_name(name) for name in listed} == set(STAGES)
+
+
+@pytest.mark.parametrize("orchestrator", ["dvc", "snakemake"])
+def test_every_listed_file_is_run_by_its_stage(orchestrator: str) -> None:
+    # Folders are listed whole only where the stage runs all of them: a module a stage does
+    # not run, inside a folder it lists, reruns it for nothing after every edit.
+    listed = listed_deps(orchestrator)
+    needless = {
+        name: sorted(needless_deps(stage_function_name(name), deps))
+        for name, deps in listed.items()
+    }
+    assert {name: paths for name, paths in needless.items() if paths} == {}
 
 
 def test_the_import_walk_finds_what_a_stage_imports(tmp_path: Path) -> None:
@@ -137,6 +170,9 @@ def test_the_import_walk_finds_what_a_stage_imports(tmp_path: Path) -> None:
     assert "invprop/method/loss.py" in missing_deps(
         "pretrain", frozenset({"invprop/stages/pretrain.py", "invprop/training.py"})
     )
+    # A listed folder counts every file in it; the prepare stage trains nothing.
+    assert "invprop/method/bank.py" in needless_deps("prepare", frozenset({"invprop/method"}))
+    assert needless_deps("pretrain", frozenset({"invprop/method"})) == set()
 
 
 def test_exempt_modules_exist_and_hide_nothing_they_import() -> None:

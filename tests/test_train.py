@@ -19,9 +19,9 @@ import yaml
 from conftest import exact_table, same_training_state, states_equal
 
 from invprop import training as train_module
+from invprop.batches import batch_sizes, epoch_batches, rank_shard
 from invprop.checkpoint import encoder_from_checkpoint, load_checkpoint, save_checkpoint
 from invprop.config import Config, config_from_dict
-from invprop.data.loader import batch_sizes, epoch_batches, rank_shard
 from invprop.errors import InvpropError
 from invprop.inference import extract
 from invprop.stages.prepare import prepare

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from invprop.batches import batch_sizes, epoch_batches
 from invprop.checkpoint import (
     build_encoder,
     checkpoint_config,
@@ -64,7 +65,6 @@ from invprop.checkpoint import (
     load_checkpoint,
 )
 from invprop.config import AugmentConfig, Config
-from invprop.data.loader import batch_sizes, epoch_batches
 from invprop.errors import InvpropError
 from invprop.inference import (
     check_compatible,
@@ -178,7 +178,7 @@ class FinetuneResult:
 def finetune_steps(n: int, epochs: int, batch_size: int) -> tuple[int, int]:
     """(steps per pass, total steps) for fine-tuning on `n` images.
 
-    A pass is the batches `invprop.data.loader.epoch_batches` cuts; an epoch is one pass
+    A pass is the batches `invprop.batches.epoch_batches` cuts; an epoch is one pass
     or MIN_STEPS_PER_EPOCH steps, whichever is more; training runs `epochs` epochs.
     """
     per_pass = len(batch_sizes(n, batch_size))
