@@ -10,6 +10,7 @@ table it printed must be in its output, whole.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from contextlib import chdir
 from pathlib import Path
@@ -189,3 +190,26 @@ def test_each_table_fits_80_columns_without_splitting_a_word(
     split = {word: n for word, n in wanted.items() if found.get(word, 0) < n}
     assert split == {}, result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    # rounded for reading (JSON keeps every digit): 4 significant digits or 4 decimals
+    for figure in re.findall(r"\d[\d,]*\.\d+", result.stdout):
+        significant = figure.replace(",", "").replace(".", "").lstrip("0")
+        assert min(len(significant), len(figure.split(".")[1])) <= 4, figure
+
+
+@pytest.mark.parametrize(
+    ("command", "rows"),
+    [
+        ("bank stats", ["concat duplicate rate", "neighbour label purity", "table rows filled"]),
+        ("propagate show", ["hop 1", "hop 2"]),
+    ],
+)
+def test_purities_and_rates_read_as_percentages_as_in_every_other_table(
+    command, rows, workspace, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(workspace)
+    result = CliRunner().invoke(app, COMMANDS[command])
+    assert result.exit_code == 0, result.output
+    for row in rows:
+        (line,) = [line for line in result.stdout.splitlines() if f" {row} " in line]
+        assert re.search(r"\b\d{1,3}\.\d%", line), line

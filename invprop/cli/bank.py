@@ -60,9 +60,9 @@ def bank(
             ("table entries filled", f"{percent(data['entry_coverage'])}%"),
             (
                 f"concat duplicate rate ({data['hops']} hops)",
-                data["concat_duplicate_rate"],
+                f"{percent(data['concat_duplicate_rate'])}%",
             ),
-            ("neighbour label purity", data["neighbour_purity"]),
+            ("neighbour label purity", f"{percent(data['neighbour_purity'])}%"),
             ("labels from", labels_from or "not found"),
         ],
     )

@@ -201,6 +201,8 @@ def show_anchor(
 
 
 def print_anchor(result: dict[str, Any], title: str) -> None:
+    from invprop.tables import percent
+
     rows = []
     if "neighbours" in result:
         rows += [
@@ -214,7 +216,7 @@ def print_anchor(result: dict[str, Any], title: str) -> None:
             for e in result["neighbours"]
         ]
     for hop in result["positives_by_hop"]:
-        purity = "n/a" if hop["purity"] is None else f"purity {hop['purity']:.3f}"
+        purity = "n/a" if hop["purity"] is None else f"purity {percent(hop['purity'])}%"
         rows.append((f"hop {hop['hop']}", f"{hop['size']} new", "", "", purity))
     for kind in ("hard", "easy"):
         rows += [
