@@ -151,6 +151,10 @@ def share_from_a(
     a = copy_workspace(dvc_run.workspace, tmp_path_factory, "share_a")
     origin = tmp_path_factory.mktemp("origin") / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], a)
+    no_remote = run([str(BIN / "invprop"), "share"], a, check=False)
+    assert no_remote.returncode == 1
+    assert "no default DVC remote for the artifacts: dvc remote add -d" in no_remote.stdout
+    assert "failed" not in no_remote.stdout, no_remote.stdout
     add_remote(a, url, s3)
     not_ready = run([str(BIN / "invprop"), "share"], a, check=False)
     assert not_ready.returncode == 1

@@ -66,7 +66,8 @@ def share_problems(root: str | Path = ".") -> list[str]:
         problems.append(
             f"not committed to git: {paths}: git add {' '.join(carried[:3])} && git commit"
         )
-    remote = _dvc(["remote", "default"], root).stdout.strip()
+    default = _dvc(["remote", "default"], root)  # exit 1, "No default remote set", if none
+    remote = default.stdout.strip() if default.returncode == 0 else ""
     if not remote:
         problems.append(
             "no default DVC remote for the artifacts: dvc remote add -d NAME URL "
