@@ -77,6 +77,17 @@ def remove_stale_temps(folder: str | Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def _finish(file: Path) -> None:
+    """Flush `file` to disk with the permissions of any file its user creates (0o666 less
+    the umask): some writers (safetensors) create theirs 0o600, which the other users of a
+    shared cluster folder could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with open(file, "rb+") as handle:
+        os.fchmod(handle.fileno(), 0o666 & ~umask)
+        os.fsync(handle.fileno())
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`."""
@@ -86,8 +97,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = _temp_sibling(path, "tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        _finish(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -110,8 +120,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
-                with open(file, "rb+") as handle:
-                    os.fsync(handle.fileno())
+                _finish(file)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ ResNet-50 runs at 32x32, three images at a time.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -347,6 +348,16 @@ def test_the_file_holds_the_backbone_and_what_was_asked_only(
     assert tensors.keys() == expected.keys()
     assert all(torch.equal(tensors[k], expected[k]) for k in expected)
     assert "left out: " in code and all(key in code for key in ("bank", "optimizer", "history"))
+
+
+@pytest.mark.parametrize(("name", "fmt", "head"), CASES)
+def test_the_export_is_readable_as_any_file_its_user_creates(
+    name: str, fmt: str, head: bool, exported
+) -> None:
+    path, _ = exported(name, fmt, head)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
 
 
 def test_json_lists_the_renamed_keys_and_what_was_left_out(

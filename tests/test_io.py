@@ -15,6 +15,7 @@ from invprop.errors import InvpropError
 from invprop.io import (
     HOST_TAG,
     atomic_dir,
+    atomic_file,
     ensure_free_space,
     file_sha256,
     load_npz,
@@ -32,6 +33,24 @@ def test_failed_atomic_dir_keeps_previous_folder_and_leaves_no_temp(tmp_path: Pa
         raise RuntimeError("crash halfway")
     assert (target / "a.txt").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_atomic_writes_give_the_permissions_of_any_new_file(tmp_path: Path) -> None:
+    # Writers that create their file 0o600 (safetensors does) must not leave an artifact or
+    # an export that the other users of a shared folder cannot read.
+    def write_private(path: Path) -> None:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+    previous = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "export.safetensors") as tmp:
+            write_private(tmp)
+        with atomic_dir(tmp_path / "artifact") as tmp:
+            write_private(tmp / "part.npz")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "export.safetensors", tmp_path / "artifact/part.npz"):
+        assert path.stat().st_mode & 0o777 == 0o640, path
 
 
 def dead_pid() -> int:
