@@ -621,9 +621,8 @@ class CroppedImageFiles(torch.utils.data.Dataset):
         from PIL import Image
 
         side = self.shorter_side
-        image = open_image(
-            self.files.path(index), self.channels, None if side is None else (side, side)
-        )
+        draft = None if side is None else (side, side)
+        image = open_image(self.files.path(index), self.channels, draft, self.files.rerun)
         width, height = image.size
         if side is not None and min(width, height) > side:
             scale = side / min(width, height)

@@ -306,7 +306,7 @@ def embed_folder(
     folder = Path(folder)
     state = load_checkpoint(checkpoint)
     pre = checkpoint_preprocessing(state, str(checkpoint))
-    scanned = scan_folder(folder)
+    scanned = scan_folder(folder, "pass a folder of images, or of class sub-folders of images")
     classes = sorted(name for name in scanned if name is not None)
     files: list[str] = []
     labels: list[int] = []
@@ -314,7 +314,8 @@ def embed_folder(
         files += [p.relative_to(folder).as_posix() for p in paths]
         labels += [-1 if name is None else classes.index(name)] * len(paths)
     shape = (pre["channels"], pre["stored_size"], pre["stored_size"])
-    split = Split(folder.name, ImageFiles(folder, files, shape), np.asarray(labels, np.int64))
+    images = ImageFiles(folder, files, shape, rerun="rerun invprop embed")
+    split = Split(folder.name, images, np.asarray(labels, np.int64))
     dev = resolve_device(device)
     encoder, cfg, _ = encoder_from_checkpoint(state, dev)
     statistics = {"mean": pre["mean"], "std": pre["std"]}

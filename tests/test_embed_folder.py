@@ -158,6 +158,14 @@ def test_embed_a_flat_folder_knn_and_neighbours(trained, tmp_path) -> None:
         (("graph", "neighbours", "9", "--embeddings", "{flat}"), "index 9 is out of range"),
         (("embed", "{old}", "{root}/photos", "--out", "{tmp}/x.npz"), "records no image"),
         (("embed", "{ckpt}", "{root}/nowhere", "--out", "{tmp}/x.npz"), "is not a folder"),
+        (
+            ("embed", "{ckpt}", "{tmp}/empty", "--out", "{tmp}/x.npz"),
+            "no images found in",  # and what to pass instead: not the pipeline's data.root
+        ),
+        (
+            ("embed", "{ckpt}", "{tmp}/broken", "--out", "{tmp}/x.npz"),
+            "replace or delete the file, then rerun invprop embed",  # not the prepare stage
+        ),
     ],
 )
 def test_user_errors_are_one_line(trained, tmp_path, args, message) -> None:
@@ -176,10 +184,15 @@ def test_user_errors_are_one_line(trained, tmp_path, args, message) -> None:
     }
     for name in ("photos", "flat"):
         invoke("embed", str(checkpoint), str(root / name), "--out", str(paths[name]))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/broken.png").write_bytes(b"not a PNG")
     result = invoke(*(arg.format(**paths) for arg in args))
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
+    if args[0] == "embed":  # the fix is about the folder given, not the pipeline's dataset
+        assert "data.root" not in lines[0] and "prepare stage" not in lines[0], lines[0]
     assert not (tmp_path / "x.npz").exists()
 
 

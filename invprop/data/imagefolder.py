@@ -58,10 +58,13 @@ def _images_below(folder: Path) -> list[Path]:
     return found
 
 
-def scan_folder(folder: Path) -> dict[str | None, list[Path]]:
-    """Images of `folder` by class name (None: a flat, unlabeled folder)."""
+def scan_folder(
+    folder: Path, fix: str = f"point data.root at {LAYOUT}"
+) -> dict[str | None, list[Path]]:
+    """Images of `folder` by class name (None: a flat, unlabeled folder). `fix`: what the
+    user does when it holds none (another folder is given where the caller takes it)."""
     if not folder.is_dir():
-        raise InvpropError(f"imagefolder: {folder} is not a folder; {LAYOUT} expected")
+        raise InvpropError(f"imagefolder: {folder} is not a folder; {fix}")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     loose = [p for p in entries if p.is_file() and is_image(p)]
     subdirs = [p for p in entries if p.is_dir()]
@@ -77,7 +80,7 @@ def scan_folder(folder: Path) -> dict[str | None, list[Path]]:
     if not by_class or len(empty) == len(by_class):
         raise InvpropError(
             f"imagefolder: no images found in {folder} (extensions: "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}); point data.root at {LAYOUT}"
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}); {fix}"
         )
     if empty:
         raise InvpropError(

@@ -39,12 +39,15 @@ def load_size(image_size: int) -> int:
     return 2 * round(image_size * 8 / 7 / 2)
 
 
-def open_image(path: Path, channels: int, draft: tuple[int, int] | None = None) -> Any:
+def open_image(
+    path: Path, channels: int, draft: tuple[int, int] | None = None, rerun: str = RERUN
+) -> Any:
     """Decode one image file to a PIL image in "L" (channels 1) or "RGB" (channels 3).
 
     `draft` (width, height): let a JPEG decoder skip detail the caller does not need; the
     result keeps its aspect ratio and stays at least that large (PIL's ``draft``). Raises
-    InvpropError naming the file when it cannot be decoded.
+    InvpropError naming the file when it cannot be decoded, and what to rerun once it is
+    replaced or deleted (`rerun`: the prepare stage, unless the caller reads another folder).
     """
     from PIL import Image
 
@@ -57,7 +60,7 @@ def open_image(path: Path, channels: int, draft: tuple[int, int] | None = None) 
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise InvpropError(
             f"{path}: cannot decode image ({type(exc).__name__}: {exc}); replace or delete "
-            f"the file, then {RERUN}"
+            f"the file, then {rerun}"
         ) from exc
 
 
@@ -67,23 +70,29 @@ def to_chw(image: Any) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def decode_image(path: Path, shape: Sequence[int]) -> np.ndarray:
+def decode_image(path: Path, shape: Sequence[int], rerun: str = RERUN) -> np.ndarray:
     """Decode one image file to uint8 (C, H, W): fill-resize and centre-crop to (H, W).
 
-    Raises InvpropError naming the file when it cannot be decoded.
+    Raises InvpropError naming the file when it cannot be decoded (`open_image`).
     """
     channels, height, width = (int(v) for v in shape)
-    image = open_image(path, channels, (width, height))
+    image = open_image(path, channels, (width, height), rerun)
     return to_chw(ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR))
 
 
 class ImageFiles(Sequence[np.ndarray]):
-    """A lazy sequence of image files: `files[i]` decodes image i to uint8 (C, H, W)."""
+    """A lazy sequence of image files: `files[i]` decodes image i to uint8 (C, H, W).
 
-    def __init__(self, root: Path, files: list[str], shape: Sequence[int]) -> None:
+    `rerun`: what a file that cannot be decoded asks to rerun once it is replaced (the
+    prepare stage, for a prepared dataset's files)."""
+
+    def __init__(
+        self, root: Path, files: list[str], shape: Sequence[int], rerun: str = RERUN
+    ) -> None:
         self.root = Path(root)
         self.files = files
         self.shape = tuple(int(v) for v in shape)
+        self.rerun = rerun
 
     def __len__(self) -> int:
         return len(self.files)
@@ -95,7 +104,7 @@ class ImageFiles(Sequence[np.ndarray]):
     def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return decode_image(self.path(index), self.shape)
+        return decode_image(self.path(index), self.shape, self.rerun)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
