@@ -98,10 +98,14 @@ def code_of(module: str) -> set[str]:
     return {str(module_file(name).relative_to(ROOT)) for name in seen}
 
 
+def stage_code(stage: str) -> set[str]:
+    """The source files pipeline stage `stage` runs: its function's module, walked."""
+    return code_of(STAGES[stage].partition(":")[0])
+
+
 def missing_deps(stage: str, listed: frozenset[str]) -> set[str]:
     """The code stage `stage` runs that `listed` (its dependency paths) does not cover."""
-    module = STAGES[stage].partition(":")[0]
-    needed = code_of(module) - set(NOT_DEPENDENCIES)
+    needed = stage_code(stage) - set(NOT_DEPENDENCIES)
     return {
         path for path in needed if not any(path == d or path.startswith(d + "/") for d in listed)
     }
@@ -111,8 +115,6 @@ def needless_deps(stage: str, listed: frozenset[str]) -> set[str]:
     """The invprop modules that `listed` covers (a listed folder: every module in it) and
     stage `stage` never runs: an edit to one would rerun the stage for nothing. Other
     files (explorer.html) are read, not run, and not judged here."""
-    module = STAGES[stage].partition(":")[0]
-    run = code_of(module)
     covered = set()
     for dep in listed:
         if dep.startswith("invprop"):
@@ -121,7 +123,7 @@ def needless_deps(stage: str, listed: frozenset[str]) -> set[str]:
                 covered |= {str(f.relative_to(ROOT)) for f in path.rglob("*.py")}
             elif path.suffix == ".py":
                 covered.add(dep)
-    return covered - run
+    return covered - stage_code(stage)
 
 
 def stage_function_name(dvc_stage: str) -> str:
