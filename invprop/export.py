@@ -58,7 +58,7 @@ from invprop import __version__
 from invprop.checkpoint import checkpoint_preprocessing, encoder_from_checkpoint, load_checkpoint
 from invprop.config import ModelConfig
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, ensure_free_space
+from invprop.io import atomic_file, check_output_file, ensure_free_space
 from invprop.models import BACKBONES, HEADS, Encoder
 
 __all__ = [
@@ -151,15 +151,6 @@ def _require_modules(fmt: str) -> None:
             f"--format {fmt} needs {' and '.join(missing)}, which are not installed; "
             f"install the export extra: {INSTALL_HINT}"
         )
-
-
-def _check_out(out: Path, checkpoint: Path, force: bool) -> None:
-    if out.resolve() == checkpoint.resolve():
-        raise InvpropError(f"--out {out} is the checkpoint itself; name another file")
-    if out.is_dir():
-        raise InvpropError(f"--out {out} is a folder; name the file to write")
-    if out.exists() and not force:
-        raise InvpropError(f"{out} exists; pass --force to overwrite it")
 
 
 def module_code(module: nn.Module, indent: str = "") -> str:
@@ -500,7 +491,7 @@ def export_backbone(
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in FORMATS:
         raise InvpropError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    _check_out(out, checkpoint, force)
+    check_output_file(out, force, inputs=(checkpoint,))
     _require_modules(fmt)
     state = load_checkpoint(checkpoint)
     if "model" not in state:

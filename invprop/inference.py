@@ -34,7 +34,7 @@ from invprop.data import convert_channels, decode_batches
 from invprop.data.imagefolder import scan_folder
 from invprop.data.prepared import ImageFiles, Split
 from invprop.errors import InvpropError
-from invprop.io import atomic_file, file_sha256, load_npz, save_npz
+from invprop.io import atomic_file, check_output_file, file_sha256, load_npz, save_npz
 from invprop.logs import get_logger, track
 
 if TYPE_CHECKING:
@@ -294,16 +294,19 @@ def embed_folder(
     out: str | Path,
     batch_size: int = 256,
     device: str | torch.device | None = "auto",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Embed every image of `folder` (class sub-folders, or a flat folder: labels -1) with
-    the checkpoint's recorded preprocessing, and write `out` (.npz, atomically):
+    the checkpoint's recorded preprocessing, and write `out` (.npz, atomically; an existing
+    `out` only with `force`):
 
         features [N, F] float32   embeddings [N, d] float32   labels [N] int64
         paths [N] str (relative to folder)   classes [C] str   meta: JSON str
 
     Returns the meta (checkpoint, its sha256 and epoch, folder, counts, preprocessing).
     """
-    folder = Path(folder)
+    folder, out = Path(folder), Path(out)
+    check_output_file(out, force, inputs=(Path(checkpoint),))
     state = load_checkpoint(checkpoint)
     pre = checkpoint_preprocessing(state, str(checkpoint))
     scanned = scan_folder(folder, "pass a folder of images, or of class sub-folders of images")

@@ -139,6 +139,19 @@ def replace_dir(source: str | Path, path: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_output_file(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work, to write `out` over one of the command's `inputs`, over a
+    folder, or over an existing file unless `force`: a command's output never silently
+    replaces a good file."""
+    for source in inputs:
+        if out.resolve() == source.resolve():
+            raise InvpropError(f"--out {out} would overwrite the input {source}; name another file")
+    if out.is_dir():
+        raise InvpropError(f"--out {out} is a folder; name the file to write")
+    if out.exists() and not force:
+        raise InvpropError(f"{out} exists; pass --force to overwrite it")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented, key-sorted JSON, atomically."""
     with atomic_file(path) as tmp:

@@ -196,6 +196,23 @@ def test_user_errors_are_one_line(trained, tmp_path, args, message) -> None:
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_an_existing_output_stays_unless_forced(trained, tmp_path) -> None:
+    root, _ = trained
+    checkpoint = str(root / "models/pretrain/final.pt")
+    out = tmp_path / "photos.npz"
+    out.write_bytes(b"keep me")
+    args = ("embed", checkpoint, str(root / "photos"), "--out", str(out))
+    result = invoke(*args)
+    assert result.exit_code == 2 and "exists; pass --force" in result.output, result.output
+    assert out.read_bytes() == b"keep me"
+    assert invoke(*args, "--force").exit_code == 0
+    with np.load(out) as data:
+        assert data["embeddings"].shape == (5, 16)
+    result = invoke("embed", checkpoint, str(root / "photos"), "--out", checkpoint, "--force")
+    assert result.exit_code == 2 and "would overwrite the input" in result.output, result.output
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+
+
 def test_a_checkpoint_with_fixed_normalisation_embeds_a_folder(tmp_path, writers) -> None:
     """Presets that fix augment.mean/std (cifar10-paper, imagenet-paper) record them as the
     checkpoint's preprocessing, and a folder is normalised with that record (which names no

@@ -24,6 +24,7 @@ def embed(
     out: Path = typer.Option(..., "--out", help="The .npz file to write."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: Device = typer.Option("auto", "--device", help="auto: the GPU when there is one."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Backbone features and head embeddings of every image of FOLDER, as one .npz.
@@ -32,7 +33,7 @@ def embed(
     """
     from invprop.inference import embed_folder
 
-    meta = embed_folder(checkpoint, folder, out, batch_size, device)
+    meta = embed_folder(checkpoint, folder, out, batch_size, device, force)
     meta["out"] = str(out)
     if as_json:
         print_json(meta)
