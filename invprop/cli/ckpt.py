@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, command, print_json, print_table
+from invprop.cli.common import FORCE_OPTION, JSON_OPTION, command, print_json, print_table
 from invprop.config import config_diff
 from invprop.errors import InvpropError
 
@@ -195,7 +195,7 @@ def export(
     head: bool = typer.Option(
         False, "--head", help="Also the projection head (safetensors and onnx)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write the backbone (nothing else: no bank, optimizer or history) for use elsewhere.

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+FORCE_OPTION = typer.Option(False, "--force", help="Overwrite --out if it exists.")
 # Arguments with fixed choices: Typer makes a Literal a click.Choice (shell completion,
 # and a bad value refused with the list).
 Split = Literal["train", "test"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from invprop.cli.common import JSON_OPTION, Device, command, print_json, print_table
+from invprop.cli.common import FORCE_OPTION, JSON_OPTION, Device, command, print_json, print_table
 
 
 def embed(
@@ -24,7 +24,7 @@ def embed(
     out: Path = typer.Option(..., "--out", help="The .npz file to write."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per forward pass."),
     device: Device = typer.Option("auto", "--device", help="auto: the GPU when there is one."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Backbone features and head embeddings of every image of FOLDER, as one .npz.
